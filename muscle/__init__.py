@@ -1,0 +1,1 @@
+"""muscle: train MUSCLE compatibility adapters (and plain task adapters) for pytest-modelcompat."""
