@@ -32,3 +32,10 @@ def tiny_adapter(tmp_path_factory, tiny_base):
 def tiny_adapter_v2(tmp_path_factory, tiny_base_v2):
     """A2: random-initialised LoRA on the v2 base."""
     return tiny.build_adapter(tmp_path_factory.mktemp("adapter_v2"), tiny_base_v2, seed=12)
+
+
+# CI machines are small and shared: hypothesis' per-example deadline would only add flakiness.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("modelcompat", deadline=None)
+settings.load_profile("modelcompat")
