@@ -1,0 +1,292 @@
+"""Scoring engine: batched continuation log-likelihoods and batched greedy generation.
+
+Log-likelihoods are tokenised exactly like lm-eval 0.4.13's ``HFLM`` (``LM._encode_pair`` and
+``HFLM._loglikelihood_tokens``), so predictions agree with lm-eval on the same model and prompt:
+
+- trailing whitespace of the context moves to the front of the continuation;
+- ``whole = enc(context + continuation)``, ``context_enc = enc(context)`` and the continuation
+  tokens are ``whole[len(context_enc):]``; the model input is ``context_enc + continuation_enc``;
+- ``enc`` adds special tokens as the tokenizer decides, except when the text already starts with
+  the prefix token (BOS, else EOS); an empty context becomes that prefix token;
+- a context + continuation longer than the model's maximum length + 1 is cut from the left.
+
+What makes it faster than lm-eval, which runs context + continuation once per choice and takes a
+``log_softmax`` over the whole ``[batch, sequence, vocab]`` tensor:
+
+- **one packed row per context** (a token tree): the context tokens once, then every choice's
+  continuation tokens (all but the last, as in lm-eval) as a branch. A 4D attention mask lets each
+  branch see the context and itself only, and each branch's position ids continue from the end of
+  the context, so every branch is computed exactly as the lone sequence lm-eval runs would be;
+- the LM head runs only on positions whose next token is scored (``logits_to_keep`` as a
+  boolean mask): the context's last position (shared by all choices) and the branch tokens;
+- rows are sorted by length and padded only to the longest row of their batch.
+
+A single forward with a tree mask was chosen over "run the context, expand its KV cache over the
+choices, run the choices": it is one call instead of two, needs no cache copies, and keeps the
+model's own forward (LoRA layers, final norm, logit soft-capping) untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_modelcompat.errors import CompatInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_modelcompat.stack import Stack
+
+Request = tuple[str, Sequence[str]]
+
+
+def progress_advancer(progress: Any, description: str, total: int) -> Callable[[int], None]:
+    """Turn the ``progress=`` argument into an ``advance(n)`` function.
+
+    ``progress`` may be ``None`` (no reporting), a ``rich.progress.Progress`` (a task named
+    ``description`` is added to it), or any callable taking the number of items just finished.
+    """
+    if progress is None:
+        return lambda n: None
+    if hasattr(progress, "add_task"):
+        task_id = progress.add_task(description, total=total)
+        return lambda n: progress.advance(task_id, n)
+    return progress
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-eval-identical tokenisation
+
+
+def _prefix_token_id(tokenizer) -> int:
+    # HFLM.prefix_token_id: the token an empty context stands for.
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool | None = None) -> list[int]:
+    """``HFLM.tok_encode``: special tokens as the tokenizer decides, unless the text starts with
+    the prefix (BOS) token already."""
+    kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+    if add_special_tokens is None and text.startswith(tokenizer.decode(_prefix_token_id(tokenizer))):
+        kwargs = {"add_special_tokens": False}
+    return tokenizer.encode(text, **kwargs)
+
+
+def encode_request(tokenizer, context: str, continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """(context tokens, continuation tokens) per continuation, as ``LM.loglikelihood`` does it."""
+    if context == "":
+        prefix = _prefix_token_id(tokenizer)
+        pairs = []
+        for continuation in continuations:
+            tokens = encode(tokenizer, continuation, add_special_tokens=False)
+            pairs.append((tokens[:1], tokens[1:]) if tokens[:1] == [prefix] else ([prefix], tokens))
+        return pairs
+    n_spaces = len(context) - len(context.rstrip())
+    moved = context[len(context) - n_spaces:] if n_spaces else ""
+    context = context[: len(context) - n_spaces]
+    context_enc = encode(tokenizer, context)
+    return [(context_enc, encode(tokenizer, context + moved + c)[len(context_enc):]) for c in continuations]
+
+
+def max_length(model, tokenizer) -> int:
+    """The model's maximum sequence length, resolved exactly as HFLM resolves it."""
+    from lm_eval.models.utils import DEFAULT_MAX_LENGTH, resolve_max_length
+
+    return resolve_max_length(model.config, tokenizer, default=DEFAULT_MAX_LENGTH)
+
+
+# ---------------------------------------------------------------------------------------------
+# packed token trees
+
+
+@dataclass
+class _Tree:
+    """One packed row: a shared prefix and one branch per continuation scored against it."""
+
+    prefix: list[int]
+    branches: list[list[int]] = field(default_factory=list)  # continuation tokens minus the last
+    targets: list[tuple[int, list[int]]] = field(default_factory=list)  # (choice slot, continuation)
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + sum(len(b) for b in self.branches)
+
+
+def _build_trees(tokenizer, requests: Sequence[Request], limit: int) -> tuple[list[_Tree], list[int]]:
+    """Group every (request, choice) into trees; return the trees and each request's first slot."""
+    trees: list[_Tree] = []
+    first_slot = []
+    slot = 0
+    for context, continuations in requests:
+        first_slot.append(slot)
+        by_prefix: dict[tuple[int, ...], _Tree] = {}
+        for context_enc, continuation_enc in encode_request(tokenizer, context, continuations):
+            if not continuation_enc:
+                raise CompatInputError(
+                    f"a choice/target after context {context[-40:]!r} is empty: give every choice some text"
+                )
+            if len(continuation_enc) > limit:
+                raise CompatInputError(
+                    f"a choice/target is {len(continuation_enc)} tokens, longer than the model's "
+                    f"maximum length {limit}: shorten it"
+                )
+            # lm-eval's input: (context + continuation)[-(max_length + 1):][:-1]; the prefix is
+            # everything up to the position that predicts the continuation's first token.
+            whole = (context_enc + continuation_enc)[-(limit + 1):][:-1]
+            branch = continuation_enc[:-1]
+            prefix = whole[: len(whole) - len(branch)]
+            tree = by_prefix.setdefault(tuple(prefix), _Tree(prefix))
+            tree.branches.append(branch)
+            tree.targets.append((slot, continuation_enc))
+            slot += 1
+        trees.extend(by_prefix.values())
+    first_slot.append(slot)
+    return trees, first_slot
+
+
+def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype) -> tuple[list[int], torch.Tensor]:
+    """Score one batch of trees; return (choice slots, summed continuation log-probs)."""
+    import torch
+
+    width = max(tree.length for tree in trees)
+    rows = len(trees)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    # Branch id per token: 0 = prefix, k = k-th branch, -1 = padding.
+    branch_ids = torch.full((rows, width), -1, dtype=torch.long)
+    keep = torch.zeros((rows, width), dtype=torch.bool)
+    # Per scored token: (row, column of the position predicting it, token id, choice slot).
+    scored_row, scored_col, scored_tok, scored_slot = [], [], [], []
+    for r, tree in enumerate(trees):
+        p = len(tree.prefix)
+        input_ids[r, :p] = torch.tensor(tree.prefix)
+        position_ids[r, :p] = torch.arange(p)
+        branch_ids[r, :p] = 0
+        keep[r, p - 1] = True
+        start = p
+        for k, (branch, (slot, continuation)) in enumerate(zip(tree.branches, tree.targets), start=1):
+            end = start + len(branch)
+            input_ids[r, start:end] = torch.tensor(branch, dtype=torch.long)
+            position_ids[r, start:end] = torch.arange(p, p + len(branch))
+            branch_ids[r, start:end] = k
+            keep[r, start:end] = True
+            columns = [p - 1, *range(start, end)]
+            scored_row += [r] * len(continuation)
+            scored_col += columns
+            scored_tok += continuation
+            scored_slot += [slot] * len(continuation)
+            start = end
+    # Token i sees token j iff j comes no later and j is in the prefix or in i's own branch.
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_or_prefix = (branch_ids[:, None, :] == 0) | (branch_ids[:, None, :] == branch_ids[:, :, None])
+    allowed = causal & same_or_prefix
+    mask = torch.zeros((rows, 1, width, width), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+    # Map (row, column) of every kept position to its index in the flattened kept logits.
+    flat_index = torch.cumsum(keep.flatten(), 0).view(rows, width) - 1
+    src = flat_index[torch.tensor(scored_row), torch.tensor(scored_col)].to(device)
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device),
+        position_ids=position_ids.to(device), logits_to_keep=keep.to(device), use_cache=False,
+    ).logits.float()
+    log_norm = torch.logsumexp(logits, dim=-1)
+    token_logprobs = logits[src, torch.tensor(scored_tok, device=device)] - log_norm[src]
+    slots = sorted(set(scored_slot))
+    slot_index = {s: i for i, s in enumerate(slots)}
+    owner = torch.tensor([slot_index[s] for s in scored_slot], device=device)
+    sums = torch.zeros(len(slots), device=device).index_add_(0, owner, token_logprobs)
+    return slots, sums
+
+
+def loglikelihoods(
+    stack: Stack, requests: Sequence[Request], *, batch_size: int = 16, progress: Any = None,
+    description: str = "log-likelihoods",
+) -> list[list[float]]:
+    """For each ``(context, continuations)`` the summed log-prob of every continuation.
+
+    Continuations already carry the delimiter (``" " + choice``). ``batch_size`` counts packed
+    rows (one per context) per forward pass; results do not depend on it beyond fp noise.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model, tokenizer = stack.model, stack.tokenizer
+    trees, first_slot = _build_trees(tokenizer, requests, max_length(model, tokenizer))
+    # Longest first: the first batch is the biggest, so memory problems show at once.
+    trees.sort(key=lambda tree: -tree.length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dtype = next(model.parameters()).dtype
+    values = [0.0] * first_slot[-1]
+    advance = progress_advancer(progress, description, len(trees))
+    with torch.inference_mode():
+        for start in range(0, len(trees), batch_size):
+            batch = trees[start: start + batch_size]
+            slots, sums = _forward_trees(model, batch, pad_id, stack.device, dtype)
+            for slot, value in zip(slots, sums.tolist()):
+                values[slot] = value
+            advance(len(batch))
+    return [values[first_slot[i]: first_slot[i + 1]] for i in range(len(requests))]
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut ``text`` at the earliest occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def generate(
+    stack: Stack, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str],
+    batch_size: int = 8, no_repeat_ngram_size: int = 0, progress: Any = None,
+    description: str = "generating",
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (text only, cut at the first stop string).
+
+    Prompts are encoded like lm-eval's ``generate_until`` (same special-token rule as
+    log-likelihoods, left-truncated to leave room for ``max_new_tokens``), sorted by length and
+    left-padded per batch. A sequence stops at EOS or once it contains a stop string.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model, tokenizer = stack.model, stack.tokenizer
+    room = max(1, max_length(model, tokenizer) - max_new_tokens)
+    encoded = [encode(tokenizer, prompt)[-room:] for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = model.generation_config.eos_token_id
+    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    stop = [s for s in stop if s]
+    texts: list[str] = [""] * len(prompts)
+    advance = progress_advancer(progress, description, len(prompts))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                input_ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i], dtype=torch.long)
+                attention_mask[r, width - len(encoded[i]):] = 1
+            output = model.generate(
+                input_ids=input_ids.to(stack.device), attention_mask=attention_mask.to(stack.device),
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                no_repeat_ngram_size=no_repeat_ngram_size, stop_strings=stop or None,
+                tokenizer=tokenizer, pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
+                temperature=None, top_p=None, top_k=None,
+            )
+            for r, i in enumerate(chunk):
+                text = tokenizer.decode(output[r, width:], skip_special_tokens=True)
+                texts[i] = truncate_at_stop(text, stop)
+            advance(len(chunk))
+    return texts

@@ -1,0 +1,146 @@
+"""Engine: packed-tree log-likelihoods equal one plain forward per choice; batching invariance;
+greedy generation with stop strings."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from pytest_modelcompat import engine
+from pytest_modelcompat.errors import CompatInputError
+
+REQUESTS = [
+    ("Question: what is two plus two? Answer:", [" four", " five", " the cat sat", " 42"]),
+    ("Goal: open a jar. Solution:", [" twist the lid.", " hit it with a spoon and then the mat."]),
+    ("The cat sat on the ", ["mat.", "dog", "bone ate the cat"]),  # trailing space moves to the choice
+    ("", [" positive", "negative review"]),  # empty context: the prefix token stands in
+    ("numbers 0 1 2", [" 3", " 3 4 5 6 7 8 9 10 11 12", " 100"]),
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_adapter):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = _base_dir(tiny_adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tiny_adapter).eval()
+    return SimpleNamespace(
+        model=model, tokenizer=AutoTokenizer.from_pretrained(base_dir), device=torch.device("cpu"),
+        fingerprint="tiny-a1",
+    )
+
+
+def _base_dir(adapter_dir):
+    import json
+
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def _reference(stack, requests):
+    """One right-padded forward per (context, choice) and a full log_softmax, like lm-eval."""
+    import torch
+
+    out = []
+    limit = engine.max_length(stack.model, stack.tokenizer)
+    for context, continuations in requests:
+        values = []
+        for context_enc, continuation_enc in engine.encode_request(stack.tokenizer, context, continuations):
+            inp = (context_enc + continuation_enc)[-(limit + 1):][:-1]
+            with torch.inference_mode():
+                logits = stack.model(input_ids=torch.tensor([inp])).logits[0]
+            logprobs = torch.log_softmax(logits[-len(continuation_enc):], dim=-1)
+            values.append(float(logprobs.gather(1, torch.tensor(continuation_enc)[:, None]).sum()))
+        out.append(values)
+    return out
+
+
+def test_packed_trees_equal_one_forward_per_choice(stack):
+    ours = engine.loglikelihoods(stack, REQUESTS, batch_size=4)
+    reference = _reference(stack, REQUESTS)
+    assert [len(v) for v in ours] == [len(c) for _, c in REQUESTS]
+    for got, want in zip(ours, reference):
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_batch_size_does_not_change_loglikelihoods(stack):
+    requests = REQUESTS * 4
+    by_batch = {b: engine.loglikelihoods(stack, requests, batch_size=b) for b in (1, 3, 16)}
+    for b in (3, 16):
+        for got, want in zip(by_batch[b], by_batch[1]):
+            assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_encode_request_matches_lm_eval_rules(stack):
+    tok = stack.tokenizer
+    # Trailing whitespace of the context is moved into the continuation before encoding.
+    (context_enc, continuation_enc), = engine.encode_request(tok, "The cat sat on the ", ["mat."])
+    assert context_enc == tok.encode("The cat sat on the")
+    assert tok.decode(continuation_enc) == " mat."
+    # Empty context: BOS (here <|endoftext|>) is the context.
+    (context_enc, continuation_enc), = engine.encode_request(tok, "", ["dog"])
+    assert context_enc == [tok.bos_token_id] and continuation_enc == tok.encode("dog")
+
+
+def test_truncation_keeps_the_rightmost_tokens(stack, monkeypatch):
+    # With a tiny maximum length every (context, choice) is cut from the left like lm-eval does,
+    # so choices no longer share one prefix; the result must still match the reference.
+    monkeypatch.setattr(engine, "max_length", lambda model, tokenizer: 6)
+    requests = [REQUESTS[0], REQUESTS[2]]
+    ours = engine.loglikelihoods(stack, requests, batch_size=2)
+    for got, want in zip(ours, _reference(stack, requests)):
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_empty_choice_is_an_input_error(stack):
+    with pytest.raises(CompatInputError, match="empty"):
+        engine.loglikelihoods(stack, [("Question:", ["", " yes"])])
+
+
+def test_progress_accepts_callbacks_and_rich(stack):
+    from rich.progress import Progress
+
+    seen = []
+    engine.loglikelihoods(stack, REQUESTS, batch_size=2, progress=seen.append)
+    assert sum(seen) == len(REQUESTS)
+    with Progress(disable=True) as progress:
+        engine.loglikelihoods(stack, REQUESTS, batch_size=2, progress=progress, description="scoring")
+        (task,) = progress.tasks
+        assert task.completed == task.total == len(REQUESTS)
+
+
+def _reference_greedy(stack, prompt, max_new_tokens):
+    import torch
+
+    ids = stack.tokenizer.encode(prompt)
+    new = []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            token = int(stack.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == stack.tokenizer.eos_token_id:
+                break
+            new.append(token)
+    return stack.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_generate_is_greedy_and_batch_invariant(stack):
+    prompts = ["Question: what is two plus two? Answer:", "The cat", "Dialogue: Anna: hi Bob, lunch today?"]
+    expected = [_reference_greedy(stack, p, 8) for p in prompts]
+    for batch_size in (1, 3):
+        assert engine.generate(stack, prompts, max_new_tokens=8, stop=[], batch_size=batch_size) == expected
+
+
+def test_generate_cuts_at_stop_strings(stack):
+    prompt = "Question: what is two plus two? Answer:"
+    free = _reference_greedy(stack, prompt, 12)
+    assert len(free) > 2, "the tiny model should produce some text"
+    stop = free[len(free) // 2: len(free) // 2 + 2]
+    (text,) = engine.generate(stack, [prompt], max_new_tokens=12, stop=[stop])
+    assert text == free[: free.index(stop)]
+
+
+def test_truncate_at_stop_takes_the_earliest():
+    assert engine.truncate_at_stop("a\n\nQuestion: b", ["Question:", "\n\n"]) == "a"
+    assert engine.truncate_at_stop("no stop here", ["Question:"]) == "no stop here"
