@@ -1,0 +1,166 @@
+"""`muscle`: train compatibility adapters (train), task adapters (finetune), and run the gate (eval).
+
+Exit codes: 0 ok, 1 gate failed, 2 usage or input error (one line on stderr, no traceback).
+Runs as is on one device, or under ``accelerate launch`` for several processes / GPUs / nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pytest_modelcompat.errors import CompatInputError
+
+EPILOG = """examples:
+  muscle finetune --suite modelcompat.yaml --task piqa --base v1/ --output a1/
+  muscle finetune --suite modelcompat.yaml --task piqa --base v2/ --output a2/
+  muscle eval --suite modelcompat.yaml --old-adapter a1/ --new-adapter a2/ --report report/
+  muscle train --suite modelcompat.yaml --task piqa --old-adapter a1/ --new-adapter a2/ --output a2c/
+  accelerate launch --num_processes 2 -m muscle.cli train ...      (multi-process / multi-GPU)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 with usage already; keep its one-line style
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
+def _training_options(p: argparse.ArgumentParser, *, lr: float) -> None:
+    p.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
+    p.add_argument("--task", required=True, help="task name in the suite; trains on its `train:` file")
+    p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt cut from the left)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the 80/20 split, shuffling and init")
+    p.add_argument("--limit", type=int, help="use only the first N rows of the train file")
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in .OUT.work/")
+    p.add_argument("--select", choices=("nfr", "loss"),
+                   help="epoch selection on the 20%% validation split (train: nfr vs M1, finetune: loss)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading non-safetensors weights")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="muscle", description=__doc__.splitlines()[0], epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a MUSCLE compatibility adapter (student init from A2)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _training_options(train, lr=1e-4)
+    train.add_argument("--old-adapter", required=True, help="A1: the old stack's adapter dir")
+    train.add_argument("--new-adapter", required=True, help="A2: the new stack's adapter dir (student init)")
+    train.add_argument("--old-base", help="B1 (default: A1's base_model_name_or_path)")
+    train.add_argument("--new-base", help="B2 (default: A2's base_model_name_or_path)")
+    train.add_argument("--mask", choices=("paper", "ll-token", "ll-seq", "old-correct", "none"), default="paper",
+                       help="which tokens imitate M1 (the rest imitate M2)")
+    train.add_argument("--temperature", type=float, default=2.0)
+    train.add_argument("--ce-weight", type=float, default=0.0,
+                       help="weight of the auxiliary cross-entropy: L = (1-w) L_comp + w CE")
+    train.add_argument("--precompute-teachers", action="store_true",
+                       help="run both teachers once (top-k logits on disk); training holds only the student")
+    train.add_argument("--top-k", type=int, default=64, help="teacher logits kept per token when precomputing")
+
+    finetune = sub.add_parser("finetune", help="train a plain LoRA task adapter (cross-entropy)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _training_options(finetune, lr=2e-4)
+    finetune.add_argument("--base", required=True, help="base model dir, .gguf file or hub name")
+    finetune.add_argument("--rank", type=int, default=8)
+    finetune.add_argument("--alpha", type=float, default=16.0)
+    finetune.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated module names")
+
+    ev = sub.add_parser("eval", help="the gate's metrics and thresholds outside pytest",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--suite", required=True)
+    ev.add_argument("--task", action="append", help="task name (repeatable; default: all tasks)")
+    ev.add_argument("--old-adapter", required=True)
+    ev.add_argument("--new-adapter", required=True)
+    ev.add_argument("--old-base")
+    ev.add_argument("--new-base")
+    ev.add_argument("--report", help="directory for report.json / report.md / report.html")
+    ev.add_argument("--limit", type=int, help="first N instances per task")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from muscle.trainer import TrainConfig
+
+    common = dict(suite=args.suite, task=args.task, output=args.output, epochs=args.epochs, lr=args.lr,
+                  batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, limit=args.limit,
+                  resume=args.resume, select=args.select, device=args.device, dtype=args.dtype,
+                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    if args.command == "finetune":
+        modules = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+        return TrainConfig(mode="finetune", base=args.base, rank=args.rank, alpha=args.alpha,
+                           target_modules=modules, **common)
+    return TrainConfig(mode="train", old_adapter=args.old_adapter, new_adapter=args.new_adapter,
+                       old_base=args.old_base, base=args.new_base, mask=args.mask, temperature=args.temperature,
+                       ce_weight=args.ce_weight, precompute_teachers=args.precompute_teachers, top_k=args.top_k,
+                       **common)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pytest_modelcompat import evaluate
+    from pytest_modelcompat.report import (
+        muscle_train_command,
+        stack_meta,
+        task_record,
+        terminal_table,
+        write_reports,
+    )
+    from pytest_modelcompat.stack import load_stack
+    from pytest_modelcompat.suite import load_suite
+
+    tasks = load_suite(args.suite)
+    if args.task:
+        unknown = sorted(set(args.task) - {t.name for t in tasks})
+        if unknown:
+            raise CompatInputError(f"task(s) {', '.join(unknown)} not in {args.suite}; "
+                                   f"choose from {', '.join(t.name for t in tasks)}")
+        tasks = [t for t in tasks if t.name in args.task]
+    old = load_stack(args.old_adapter, args.old_base, device=args.device, dtype=args.dtype)
+    new = load_stack(args.new_adapter, args.new_base, device=args.device, dtype=args.dtype)
+    records = []
+    for task in tasks:
+        result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size)
+        command = muscle_train_command(suite=args.suite, task=task.name, old_adapter=args.old_adapter,
+                                       new_adapter=args.new_adapter, old_base=args.old_base, new_base=args.new_base)
+        records.append(task_record(result, stack_meta(old), stack_meta(new), nodeid=f"{args.suite}::{task.name}",
+                                   muscle_command=command))
+    console = Console()
+    sys.stdout.write(terminal_table(records, width=console.width, color=console.is_terminal))
+    if args.report:
+        for path in write_reports(Path(args.report), records).values():
+            print(f"wrote {path}")
+    return 0 if all(r["entry"]["gate"]["passed"] for r in records) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "eval":
+            return _eval(args)
+        from muscle.trainer import train
+
+        record = train(_train_config(args))
+        if record is not None:
+            print(f"wrote {args.output} (epoch {record['chosen_epoch']} chosen by validation {record['selection']})")
+        return 0
+    except CompatInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Training examples: the task's `train:` split rendered with the gate's templates.
+
+An example is prompt (``Instance.context``) + gold continuation (delimiter + gold choice for
+multiple choice, delimiter + target otherwise), tokenised by the scorer's own
+``engine.encode_request`` (lm-eval's split), with the loss only on continuation tokens. An empty context
+(``text: ""`` — plain causal-LM training on raw text) is conditioned on the BOS/EOS token as lm-eval
+does, so every text token gets a loss.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_modelcompat.engine import encode_request
+from pytest_modelcompat.errors import CompatInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_modelcompat.suite import Instance, TaskSpec
+
+IGNORE = -100
+VAL_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Example:
+    index: int               # row key into precomputed teacher logits (train and val share one range)
+    input_ids: list[int]
+    labels: list[int]        # IGNORE on prompt tokens
+    instance: Instance
+
+
+def continuation(task: TaskSpec, instance: Instance) -> str:
+    """The gold continuation, delimiter included, exactly as the gate scores it."""
+    if task.kind == "multiple_choice":
+        return task.delimiter + instance.choices[instance.gold]
+    return task.delimiter + str(instance.gold)
+
+
+def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_length: int,
+                   start_index: int = 0) -> list[Example]:
+    """Tokenise instances; sequences longer than max_length lose prompt tokens from the left
+    (as lm-eval truncates), then continuation tokens from the right, keeping ≥ 1 prompt token."""
+    examples = []
+    for offset, inst in enumerate(instances):
+        [(ctx, cont)] = encode_request(tokenizer, inst.context, [continuation(task, inst)])
+        if not cont:
+            raise CompatInputError(f"task {task.name!r}: instance {inst.id!r} has an empty gold continuation; "
+                                   "fix its label/target in the train data")
+        cont = cont[: max_length - 1]
+        ctx = ctx[-(max_length - len(cont)):]
+        examples.append(Example(start_index + offset, ctx + cont, [IGNORE] * len(ctx) + cont, inst))
+    return examples
+
+
+def split_train_val(instances: list[Instance], seed: int) -> tuple[list[Instance], list[Instance]]:
+    """A seeded 80/20 split of the train file (the paper's protocol)."""
+    if len(instances) < 2:
+        raise CompatInputError(f"the train split has {len(instances)} instance(s); need at least 2 "
+                               "for an 80/20 train/validation split")
+    order = list(range(len(instances)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(VAL_FRACTION * len(instances)))
+    return [instances[i] for i in sorted(order[n_val:])], [instances[i] for i in sorted(order[:n_val])]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding gets IGNORE labels and attention 0."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        attention[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attention,
+            "index": torch.tensor([e.index for e in examples])}

@@ -1,0 +1,82 @@
+"""Teacher-logit precomputation: run a frozen teacher once, keep top-k per target token on disk.
+
+With both teachers precomputed, training holds only the student in memory. Per target token we
+store the k largest logits and their ids, the log-normaliser logsumexp(z) and the gold token's logit
+(T = 1) — what ``muscle.loss.TopKLogits`` needs: the top-k KL approximation documented there, and
+the exact gold log-probability / argmax the masks use. One safetensors file per teacher, rows in
+example order, ``offsets[i]:offsets[i + 1]`` = the rows of example i.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from muscle.data import Example, collate
+from muscle.loss import TopKLogits, select_targets
+from pytest_modelcompat.atomic import atomic_write
+
+if TYPE_CHECKING:
+    import torch
+
+FIELDS = ("logits", "indices", "log_normalizer", "gold_logit")
+
+
+def teacher_logits(model, batch: dict[str, torch.Tensor], adapter: str | None = None) -> torch.Tensor:
+    """A frozen teacher's logits [B, L, V] on a training batch (``adapter`` picks one of several
+    adapters loaded on a shared base, without touching the student's active adapter)."""
+    import torch
+
+    kwargs = {"adapter_names": [adapter] * len(batch["input_ids"])} if adapter else {}
+    was_training = model.training
+    model.eval()  # PEFT's per-sample adapter routing requires eval mode; teachers run without dropout
+    try:
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+    finally:
+        model.train(was_training)
+
+
+def precompute(model, examples: list[Example], path: Path, *, k: int, batch_size: int, pad_id: int,
+               device, adapter: str | None = None, progress=None) -> None:
+    """Write the teacher's top-k store for ``examples`` (indexed by ``Example.index``) to ``path``."""
+    import torch
+    from safetensors.torch import save
+
+    order = sorted(examples, key=lambda e: e.index)
+    if [e.index for e in order] != list(range(len(order))):
+        raise ValueError("precompute needs examples indexed 0..n-1")
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in FIELDS}
+    counts = []
+    task = progress.add_task("teacher logits", total=len(order)) if progress else None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = {key: value.to(device) for key, value in collate(chunk, pad_id).items()}
+        logits, targets, _ = select_targets(teacher_logits(model, batch, adapter), batch["labels"])
+        top = TopKLogits.from_logits(logits.float(), targets, k)
+        for name in FIELDS:
+            parts[name].append(getattr(top, name).cpu())
+        counts.extend(int(n) for n in (batch["labels"][:, 1:] != -100).sum(1))
+        if progress:
+            progress.advance(task, len(chunk))
+    offsets = torch.tensor([0] + counts).cumsum(0)
+    tensors = {name: torch.cat(parts[name]).contiguous() for name in FIELDS} | {"offsets": offsets}
+    atomic_write(path, save(tensors))
+
+
+class TeacherStore:
+    """A precomputed teacher, loaded from disk; ``batch(indices)`` gives its rows for one batch."""
+
+    def __init__(self, path: Path):
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        self.offsets = tensors.pop("offsets").tolist()
+        self.tensors = tensors
+
+    def batch(self, indices: torch.Tensor, device) -> TopKLogits:
+        """Rows of the examples in ``indices``, in batch order — the order ``select_targets`` uses."""
+        import torch
+
+        rows = torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in indices.tolist()])
+        return TopKLogits(*(self.tensors[name][rows].to(device) for name in FIELDS))
