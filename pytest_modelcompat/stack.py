@@ -246,7 +246,8 @@ def attach_adapter(model, adapter: str | os.PathLike, *, name: str = "default", 
 
     ``model`` is a base from :func:`load_base` or a PeftModel that already carries other adapters
     (the new one is added with ``load_adapter`` and is *not* made active: call
-    ``set_adapter(name)``). A shape mismatch between adapter and base is a CompatInputError.
+    ``set_adapter(name)``). PEFT puts the whole model in eval mode when it loads a frozen
+    (``trainable=False``) adapter. A shape mismatch between adapter and base is a CompatInputError.
     """
     from peft import PeftModel
 
@@ -268,8 +269,6 @@ def attach_adapter(model, adapter: str | os.PathLike, *, name: str = "default", 
                 f"modules were made for another base); pass the base it was trained on"
             ) from None
         raise
-    if not trainable:
-        peft_model.eval()
     return peft_model
 
 
