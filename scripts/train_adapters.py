@@ -1,0 +1,54 @@
+"""Train the shipped task adapters: A1 on base v1 and A2 on base v2, with one identical recipe.
+
+    python scripts/train_adapters.py [--task piqa|samsum ...]
+
+Both adapters of a task use the same data, seed and hyper-parameters; only the base differs, as when
+a team retrains its adapter after a base-model update. They are trained with ``muscle finetune`` and
+written to ``example_suite/artifacts/<task>_a1`` / ``<task>_a2`` (LoRA r=8 on q_proj/v_proj, ~2 MB).
+SAMSum adapters are trained from ``$MODELCOMPAT_SAMSUM`` (default ``../shared/data/samsum``) and
+are not shipped: its licence (CC BY-NC-ND) forbids redistributing derivatives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from muscle.demo import ARTIFACTS, SUITE_DIR, base_v1_dir, base_v2_dir, demo_env
+
+# task → (suite, output dir for the adapters, `muscle finetune` recipe). Small on purpose: each
+# adapter trains in minutes on 2 CPU cores.
+RECIPES = {
+    "piqa": (SUITE_DIR / "piqa" / "compat_piqa.yaml", ARTIFACTS,
+             ["--limit", "1000", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128"]),
+    "samsum": (SUITE_DIR / "samsum" / "compat_samsum.yaml", Path("build") / "adapters",
+               ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384"]),
+}
+
+
+def finetune_command(suite: Path, task: str, base: Path, output: Path, recipe: list[str]) -> list[str]:
+    return [sys.executable, "-m", "muscle.cli", "finetune", "--suite", str(suite), "--task", task,
+            "--base", str(base), "--output", str(output), "--rank", "8", "--alpha", "16",
+            "--target-modules", "q_proj,v_proj", "--seed", "0", *recipe]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", action="append", choices=sorted(RECIPES), help="default: all")
+    args = parser.parse_args(argv)
+    bases = {"a1": base_v1_dir(), "a2": base_v2_dir()}
+    env = demo_env()
+    for task in args.task or sorted(RECIPES):
+        suite, out_dir, recipe = RECIPES[task]
+        for name, base in bases.items():
+            output = out_dir / f"{task}_{name}"
+            print(f"== {task} {name.upper()} on {base} -> {output}", flush=True)
+            subprocess.run(finetune_command(suite, task, base, output, recipe), check=True, env=env,
+                           cwd=os.getcwd())
+
+
+if __name__ == "__main__":
+    main()
