@@ -203,7 +203,7 @@ class CompatSession:
             cache = ResultCache(self.options.cache_dir)
         result = evaluate_task(
             old, new, task, limit=self.options.limit, cache=cache, batch_size=self.options.batch_size,
-            gate_override={**task.gate, **gate} if gate else None,
+            gate_override=gate,
         )
         command = muscle_train_command(
             suite=task.source, task=task.name, old_adapter=str(self.options.old_adapter),

@@ -71,18 +71,23 @@ def _prediction_entry(prediction: Any) -> dict[str, Any]:
     return {"pred": pred, "correct": prediction.correct, "score": _json_number(prediction.score)}
 
 
-def _answer_text(instance: Any, prediction: Any) -> str:
-    """What a model answered, as a human reads it: the chosen choice's text, or the generation."""
-    if instance.choices is not None and isinstance(prediction.pred, int):
+def _answer_text(kind: str, instance: Any, prediction: Any) -> str:
+    """What a model answered, as a human compares it with the gold: the chosen choice's text,
+    the extracted answer (exact match) or the generated text."""
+    if kind == "multiple_choice" and isinstance(prediction.pred, int):
         return instance.choices[prediction.pred]
-    if prediction.text is not None:
+    if kind == "generative" and prediction.text is not None:
         return prediction.text
     return "" if prediction.pred is None else str(prediction.pred)
 
 
-def _gold_text(instance: Any) -> str:
-    if instance.choices is not None and isinstance(instance.gold, int):
+def _gold_text(task: Any, instance: Any) -> str:
+    if task.kind == "multiple_choice" and isinstance(instance.gold, int):
         return instance.choices[instance.gold]
+    if task.kind == "exact_match":
+        from pytest_modelcompat.evaluate import answer_extractor
+
+        return answer_extractor(task)(str(instance.gold))
     return str(instance.gold)
 
 
@@ -97,8 +102,8 @@ def task_record(result: Any, old: Mapping[str, str], new: Mapping[str, str], *, 
             result.instances, result.old, result.new, result.quadrants, strict=True)
     ]
     details = [
-        {"input": instance.context, "gold": _gold_text(instance),
-         "old": _answer_text(instance, old_pred), "new": _answer_text(instance, new_pred)}
+        {"input": instance.context, "gold": _gold_text(task, instance),
+         "old": _answer_text(task.kind, instance, old_pred), "new": _answer_text(task.kind, instance, new_pred)}
         for instance, old_pred, new_pred in zip(result.instances, result.old, result.new, strict=True)
     ]
     gate = result.gate
@@ -255,11 +260,12 @@ def terminal_table(records: Sequence[Mapping[str, Any]], *, width: int, color: b
     """The rich summary table, rendered to a string the pytest terminal reporter writes."""
     import io
 
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     rows = [summary_row(record["entry"]) for record in sorted_records(records)]
-    table = Table(title="modelcompat: old → new stack", title_justify="left")
+    table = Table(title="modelcompat: old → new stack", title_justify="left", box=box.SIMPLE_HEAD)
     for column in rows[0]:
         table.add_column(column, justify="left" if column in ("task", "kind") else "right",
                          no_wrap=column in ("gate", "n"))
@@ -268,8 +274,11 @@ def terminal_table(records: Sequence[Mapping[str, Any]], *, width: int, color: b
         cells[-1] = f"[bold green]{cells[-1]}[/]" if cells[-1] == "PASS" else f"[bold red]{cells[-1]}[/]"
         table.add_row(*cells)
     buffer = io.StringIO()
-    Console(file=buffer, width=width, force_terminal=color, no_color=not color,
-            color_system="standard" if color else None, highlight=False).print(table)
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color,
+                      color_system="standard" if color else None, highlight=False)
+    # Numbers squeezed into "0.5…" are useless: a narrow terminal gets the table at its natural width.
+    console.width = max(width, console.measure(table, options=console.options.update_width(10_000)).maximum)
+    console.print(table)
     return buffer.getvalue()
 
 
