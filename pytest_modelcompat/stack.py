@@ -42,6 +42,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,10 +313,10 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, IndexError, struct.error) as exc:  # bad/truncated file, unknown arch
             raise CompatInputError(
                 f"{gguf_path} could not be read as a GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                f"pass a GGUF file of an architecture transformers supports"
+                f"pass a complete GGUF file of an architecture transformers supports"
             ) from None
         # A GGUF-loaded model carries a quantization config and refuses save_pretrained: rebuild a
         # plain model from the config (which has none) and give it the dequantised weights.

@@ -307,6 +307,15 @@ def test_bad_base_paths(tiny_adapter, tmp_path, make_base, expected):
     assert expected in _one_line(excinfo)
 
 
+@pytest.mark.parametrize("content", [b"not a gguf file at all", b"GGUF\x03\x00\x00\x00truncated"], ids=["garbage", "truncated"])
+def test_broken_gguf_base(tiny_adapter, tmp_path, content):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(content)
+    with pytest.raises(CompatInputError) as excinfo:
+        load_stack(tiny_adapter, gguf, device="cpu")
+    assert "could not be read as a GGUF model" in _one_line(excinfo)
+
+
 def test_unreachable_hub_name_is_one_line(tiny_adapter, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
