@@ -178,7 +178,7 @@ def load_instances(
             f"{task.source}: task {task.name!r} has no `train:` file; add one to train on this task"
         )
     rows = read_rows(path)
-    ids = _row_ids(path, rows)
+    ids = row_ids(rows, str(path))
     templates = _compile_templates(task)
     where = f"{path}: task {task.name!r}"
     return [
@@ -405,9 +405,9 @@ def _delimited_rows(path: Path, text: str, delimiter: str) -> list[dict[str, Any
     return rows
 
 
-def _row_ids(path: Path, rows: list[dict[str, Any]]) -> list[str]:
+def row_ids(rows: list[Mapping[str, Any]], where: str) -> list[str]:
     """Stable instance ids: each row's ``id`` (or ``idx``) field, else its 0-based index."""
-    id_key = next((key for key in ("id", "idx") if key in rows[0]), None)
+    id_key = next((key for key in ("id", "idx") if rows and key in rows[0]), None)
     if id_key is None:
         return [str(index) for index in range(len(rows))]
     ids: list[str] = []
@@ -415,11 +415,11 @@ def _row_ids(path: Path, rows: list[dict[str, Any]]) -> list[str]:
     for index, row in enumerate(rows):
         value = row.get(id_key)
         if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-            raise CompatInputError(f"{path}: row {index} has no usable `{id_key}` (got {value!r}); every row needs one")
+            raise CompatInputError(f"{where}: row {index} has no usable `{id_key}` (got {value!r}); every row needs one")
         instance_id = str(value)
         if instance_id in first_row:
             raise CompatInputError(
-                f"{path}: rows {first_row[instance_id]} and {index} share {id_key} {instance_id!r}; ids must be unique"
+                f"{where}: rows {first_row[instance_id]} and {index} share {id_key} {instance_id!r}; ids must be unique"
             )
         first_row[instance_id] = index
         ids.append(instance_id)
