@@ -453,6 +453,12 @@ def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None
             raise CompatInputError(
                 f"adapter {str(adapter)!r} does not name its base (base_model_name_or_path); pass the base explicitly (--old-base/--new-base)"
             )
+        named = os.path.expanduser(base)
+        if _looks_like_path(named) and not os.path.exists(named):  # typically trained on another machine
+            raise CompatInputError(
+                f"adapter {str(adapter)!r} names base {base!r} (base_model_name_or_path), which does not exist here; "
+                f"pass the base explicitly (--old-base/--new-base)"
+            )
     model, tokenizer, base_fp = load_base(
         base, device=str(torch_device), dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )

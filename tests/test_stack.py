@@ -278,6 +278,16 @@ def test_adapter_that_does_not_name_its_base(tiny_adapter, tmp_path):
         load_stack(orphan, device="cpu")
 
 
+def test_adapter_naming_a_base_path_that_is_not_here(tiny_adapter, tmp_path):
+    moved = shutil.copytree(tiny_adapter, tmp_path / "adapter")
+    config = read_adapter_config(moved)
+    config["base_model_name_or_path"] = "/home/someone-else/models/base"
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CompatInputError) as excinfo:
+        load_stack(moved, device="cpu")
+    assert "which does not exist here" in _one_line(excinfo) and "--old-base/--new-base" in _one_line(excinfo)
+
+
 def test_pickle_base_needs_allow_pickle(tiny_base, tiny_adapter, tmp_path):
     import torch
     from safetensors.torch import load_file
