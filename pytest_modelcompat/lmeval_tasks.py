@@ -168,6 +168,22 @@ def _task_manager(include_defaults: bool):
 
 
 @cache
+def dataset_sha256(reference: str) -> str:
+    """sha256 over every split of the task's dataset (eval and few-shot docs alike), so editing a
+    local data file changes the task's fingerprint even though the YAML stayed the same."""
+    import hashlib
+    import json
+
+    dataset = lmeval_task(reference).dataset
+    digest = hashlib.sha256()
+    for split in sorted(dataset):
+        digest.update(split.encode())
+        for row in dataset[split]:
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+@cache
 def _eval_docs(reference: str) -> list[dict]:
     """The eval split as lm-eval picks it: test_split if set, else validation_split."""
     return [dict(doc) for doc in lmeval_task(reference).eval_docs]

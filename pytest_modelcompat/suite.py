@@ -91,8 +91,8 @@ class TaskSpec:
         """sha256 over everything that changes predictions: not ``name``, ``gate`` or ``limit``.
 
         The data file counts by content (not path or mtime), so moving a checkout keeps the cache.
-        An ``lm_eval:`` task counts by its reference, its YAML's content, and the lm-eval version
-        (which defines the task's prompts); call it on the resolved spec.
+        An ``lm_eval:`` task counts by its reference, its YAML's content, the lm-eval version
+        (which defines the task's prompts) and its dataset's content; call it on the resolved spec.
         """
         if self.kind is None:
             raise ValueError(f"task {self.name!r}: fingerprint() needs the spec from resolve_task()")
@@ -111,6 +111,9 @@ class TaskSpec:
             payload["lm_eval_version"] = version("lm_eval")
             lm_eval_path = Path(self.lm_eval)
             payload["lm_eval_yaml_sha256"] = _file_sha256(lm_eval_path) if lm_eval_path.is_file() else None
+            from pytest_modelcompat.lmeval_tasks import dataset_sha256
+
+            payload["lm_eval_dataset_sha256"] = dataset_sha256(self.lm_eval)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 

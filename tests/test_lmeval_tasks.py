@@ -224,3 +224,22 @@ def test_unknown_task_name_is_an_input_error(tmp_path, monkeypatch):
     [spec] = load_suite(tmp_path / "modelcompat.yaml")
     with pytest.raises(CompatInputError, match="unknown lm-eval task 'no_such_task_xyz'"):
         resolve_task(spec)
+
+
+def test_fingerprint_follows_the_lm_eval_dataset_content(tmp_path):
+    from pytest_modelcompat import lmeval_tasks
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS), encoding="utf-8")
+    task_yaml = {**MC_YAML, "task": "edited_mc", "dataset_kwargs": {"data_files": {"test": str(docs), "train": str(docs)}}}
+    (tmp_path / "mc.yaml").write_text(yaml.safe_dump(task_yaml))
+    (tmp_path / "modelcompat.yaml").write_text(yaml.safe_dump({"tasks": [{"name": "mc", "lm_eval": "mc.yaml"}]}))
+    [spec] = load_suite(tmp_path / "modelcompat.yaml")
+    before = resolve_task(spec).fingerprint()
+    assert resolve_task(spec).fingerprint() == before
+    with pytest.raises(ValueError, match="resolve_task"):
+        spec.fingerprint()
+    docs.write_text("".join(json.dumps({**doc, "question": doc["question"] + "!"}) + "\n" for doc in DOCS))
+    for cached in (lmeval_tasks.lmeval_task, lmeval_tasks.dataset_sha256, lmeval_tasks._eval_docs):
+        cached.cache_clear()  # a new process in real use
+    assert resolve_task(spec).fingerprint() != before
