@@ -173,11 +173,14 @@ class CompatSession:
         self.options = options
         self.records: list[dict[str, Any]] = []    # gathered from test reports (controller side)
         self._stacks: dict[str, Any] = {}
+        self._load_errors: dict[str, str] = {}
 
     def stack(self, which: str) -> Any:
         """The ``old`` or ``new`` Stack, loaded on first use (skips the test without adapters)."""
         if not self.options.stacks_given:
             pytest.skip(SKIP_REASON)
+        if which in self._load_errors:      # fail every later test at once, without reloading
+            pytest.fail(self._load_errors[which], pytrace=False)
         if which not in self._stacks:
             from pytest_modelcompat.stack import load_stack
 
@@ -186,7 +189,8 @@ class CompatSession:
                 self._stacks[which] = load_stack(adapter, getattr(self.options, f"{which}_base"),
                                                  device=self.options.device)
             except CompatInputError as error:
-                pytest.fail(f"{_flag(which + '_adapter')}: {error}", pytrace=False)
+                self._load_errors[which] = f"{_flag(which + '_adapter')}: {error}"
+                pytest.fail(self._load_errors[which], pytrace=False)
         return self._stacks[which]
 
     def evaluate(self, item: pytest.Item, task: Any, gate: Mapping[str, float] | None = None) -> Any:
@@ -241,7 +245,7 @@ class CompatSession:
         from pytest_modelcompat.report import terminal_table
 
         terminalreporter.section("modelcompat")
-        terminalreporter.write(terminal_table(self.records, width=terminalreporter._tw.fullwidth,
+        terminalreporter.write(terminal_table(self.records, width=config.get_terminal_writer().fullwidth,
                                               color=terminalreporter.hasmarkup))
         if self.options.report_dir is not None:
             terminalreporter.write_line(f"modelcompat: reports written to {self.options.report_dir}")

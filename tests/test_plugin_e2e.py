@@ -135,7 +135,9 @@ def test_compat_fixture_helpers_and_marker(project):
 
 def test_xdist_run_writes_the_same_report_as_a_serial_run(project):
     serial = project.runpytest(*project.compat_args, "--compat-report", "serial")
-    parallel = project.runpytest(*project.compat_args, "--compat-report", "parallel", "-n", "2")
+    # its own cache: the workers compute every prediction themselves
+    parallel = project.runpytest(*project.compat_args, "--compat-cache", str(project.path / "cache2"),
+                                 "--compat-report", "parallel", "-n", "2")
     assert serial.ret == parallel.ret == pytest.ExitCode.TESTS_FAILED
     assert read_report(project.path / "parallel") == read_report(project.path / "serial")
     assert (project.path / "parallel" / "report.md").read_text() == (project.path / "serial" / "report.md").read_text()

@@ -122,3 +122,13 @@ def test_importing_the_plugin_imports_no_ml_library():
             "print(sorted(m for m in ('torch', 'transformers', 'lm_eval', 'peft') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_an_adapter_dir_that_is_not_an_adapter_fails_its_tests_with_one_line(project):
+    project.mkdir("a1")
+    project.mkdir("a2")
+    result = project.runpytest("--old-adapter", "a1", "--new-adapter", "a2", "-p", "no:warnings")
+    result.assert_outcomes(failed=2)
+    failures = [line for line in result.stdout.lines if line.startswith("FAILED ")]
+    assert all("--old-adapter: " in line for line in failures), failures
+    assert "Traceback" not in result.stdout.str()
