@@ -131,7 +131,9 @@ def load_suite(path: str | os.PathLike) -> list[TaskSpec]:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise CompatInputError(f"{path}: invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        # ReaderError (a control character, bad encoding) has no `problem`, and its str() spans lines
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CompatInputError(f"{path}: invalid YAML{line}: {problem}; fix the YAML syntax") from None
     if not isinstance(document, Mapping) or "tasks" not in document:
         raise CompatInputError(f"{path}: a suite file is a mapping with a `tasks:` list at the top")
     unknown = sorted(str(key) for key in document if key != "tasks")
