@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from pytest_modelcompat.errors import CompatInputError
+
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same directory and an atomic rename."""
@@ -48,3 +50,28 @@ def atomic_directory(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """CompatInputError unless the output directory ``path`` can be written (``what`` names it).
+
+    Called before long work (evaluation, training), so a bad output path fails in a second with
+    one line instead of after an hour with a traceback. ``path`` must be a directory or not exist
+    yet, and its nearest existing ancestor a writable directory; nothing is created here.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise CompatInputError(f"{what} {str(path)!r} is a file, not a directory; choose a directory path")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CompatInputError(
+            f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is a file, not a directory; "
+            "choose another path"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CompatInputError(
+            f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is not writable; choose a writable location"
+        )

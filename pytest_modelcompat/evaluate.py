@@ -6,7 +6,8 @@ How each kind turns model output into a prediction:
   engine tokenises exactly like lm-eval); the prediction is the first argmax, or with
   ``normalize`` the first argmax of log-likelihood / the choice's length in characters (lm-eval's
   ``acc_norm``). A non-finite log-likelihood (NaN/inf, e.g. an fp16 overflow) makes the instance
-  wrong with no prediction, and ``evaluate_task`` reports it in ``TaskResult.warnings``.
+  wrong with no prediction, ``evaluate_task`` reports it in ``TaskResult.warnings`` and the
+  task's gate fails (check ``nonfinite_scores``).
 - ``exact_match``: greedy generation after the context (no delimiter appended: a trailing space
   would make the answer's first token unnatural for BPE tokenizers; lm-eval's ``generate_until``
   does the same). The answer is the ``extract`` regex's group 1, else the last number in the text,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from pytest_modelcompat.suite import Instance, TaskSpec
 
 GENERATIVE_NO_REPEAT_NGRAM = 2
+# The gate check a task fails when instances have non-finite log-likelihoods (value: their count).
+NONFINITE_CHECK = "nonfinite_scores"
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -256,7 +259,7 @@ def evaluate_task(
     ``gate_override`` keys replace the task's gate keys of the same name (others are kept).
     """
     from pytest_modelcompat import metrics as flip_metrics
-    from pytest_modelcompat.gate import evaluate_gate
+    from pytest_modelcompat.gate import Check, GateResult, evaluate_gate
     from pytest_modelcompat.suite import load_instances, resolve_task
 
     task = resolve_task(task)
@@ -283,4 +286,8 @@ def evaluate_task(
     ]
     for message in problems:
         warnings.warn(f"{task.name}: {message}", RuntimeWarning, stacklevel=2)
+    nonfinite = sum(not _healthy(p) for p in (*old_preds, *new_preds))
+    if nonfinite:
+        # NaN/inf scores say nothing about flips: however the flip checks came out, the gate fails.
+        gate = GateResult(False, (*gate.checks, Check(NONFINITE_CHECK, "<=", 0.0, float(nonfinite), False)))
     return TaskResult(task, list(instances), old_preds, new_preds, metrics, gate, quadrants, problems)

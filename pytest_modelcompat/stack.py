@@ -212,11 +212,31 @@ def _adapter_weights(adapter: Path, allow_pickle: bool) -> Path:
     raise CompatInputError(f"adapter {str(adapter)!r} has no {ADAPTER_SAFETENSORS}; pass a PEFT adapter dir (save_pretrained output)")
 
 
+def check_adapter_files(adapter: str | os.PathLike, *, allow_pickle: bool = False) -> Path:
+    """Validate an adapter dir without loading torch: its config parses and its weights file is
+    there, allowed (pickle only with ``allow_pickle``) and, for safetensors, has an intact header
+    that covers the whole file (catches truncated copies). Returns the weights file."""
+    adapter = Path(adapter)
+    read_adapter_config(adapter)
+    weights = _adapter_weights(adapter, allow_pickle)
+    if weights.name == ADAPTER_SAFETENSORS:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="numpy"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise CompatInputError(
+                f"{weights} is corrupt or truncated ({str(exc).splitlines()[0]}); re-save or re-copy the adapter"
+            ) from None
+    return weights
+
+
 def adapter_fingerprint(adapter: str | os.PathLike, *, allow_pickle: bool = False) -> str:
     """sha256 of the adapter's tensors and output-relevant config; validates the dir on the way."""
     adapter = Path(adapter)
+    weights = check_adapter_files(adapter, allow_pickle=allow_pickle)
     config = read_adapter_config(adapter)
-    weights = _adapter_weights(adapter, allow_pickle)
     if weights.name == ADAPTER_SAFETENSORS:
         from safetensors import SafetensorError, safe_open
 
@@ -253,8 +273,7 @@ def attach_adapter(model, adapter: str | os.PathLike, *, name: str = "default", 
     from peft import PeftModel
 
     adapter = Path(adapter)
-    _adapter_weights(adapter, allow_pickle)
-    read_adapter_config(adapter)
+    check_adapter_files(adapter, allow_pickle=allow_pickle)
     base_name = model.name_or_path if hasattr(model, "name_or_path") else "the base model"
     try:
         if isinstance(model, PeftModel):

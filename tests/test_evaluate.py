@@ -148,6 +148,7 @@ def test_nonfinite_loglik_is_wrong_warned_and_not_cached(tmp_path, stacks, monke
     assert result.new[0].pred is None and result.new[0].correct is False
     assert len(result.warnings) == 1 and "new stack: 1 of 6" in result.warnings[0]
     assert result.metrics["acc_new"] == sum(p.correct for p in result.new) / 6
+    assert not result.gate.passed and result.gate.failed[-1].metric == evaluate.NONFINITE_CHECK
     cached = cache.get_many(new.fingerprint, task.fingerprint(), [i.id for i in result.instances])
     assert result.instances[0].id not in cached and len(cached) == 5
 
