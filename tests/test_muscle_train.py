@@ -1,0 +1,182 @@
+"""End to end on tiny real models: `muscle finetune` makes A1/A2 that disagree, `muscle train` cuts
+validation NFR vs M1; resume equivalence; precomputed teachers; a 2-process accelerate run; CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from muscle import cli, trainer
+
+WORDS = "cat dog jar movie Anna Bob lunch noon spoon mat".split()   # one token each (with a space)
+FILLERS = "the on sat ate hi sure at two".split()
+YES = {"cat", "jar", "Anna", "lunch", "spoon"}
+SUITE = """tasks:
+  - name: pick
+    kind: multiple_choice
+    data: val.jsonl
+    train: {train}
+    text: "Item {{{{filler}}}} {{{{word}}}}"
+    choices: ["yes", "no"]
+    label: "{{{{label}}}}"
+  - name: raw
+    kind: generative
+    data: text.jsonl
+    train: text.jsonl
+    text: ""
+    target: "{{{{text}}}}"
+    delimiter: ""
+"""
+# Learnable by a tiny random Llama: the word is the last prompt token, so a LoRA on lm_head can read
+# it off; A1's training data has the labels of {jar, movie} flipped, A2's those of {cat, dog}, so
+# each stack gets a different pair of words wrong and their errors disagree.
+LORA = ["--target-modules", "q_proj,v_proj,lm_head", "--lr", "2e-2", "--batch-size", "8", "--device", "cpu"]
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task")
+    rows = [{"word": w, "filler": f, "label": 0 if w in YES else 1} for f in FILLERS for w in WORDS]
+    for name, flipped in (("train", set()), ("train_v1", {"jar", "movie"}), ("train_v2", {"cat", "dog"})):
+        _write_rows(d / f"{name}.jsonl", [dict(r, label=1 - r["label"]) if r["word"] in flipped else r for r in rows])
+        (d / f"suite_{name}.yaml").write_text(SUITE.format(train=f"{name}.jsonl"))
+    _write_rows(d / "val.jsonl", rows[:20])
+    _write_rows(d / "text.jsonl", [{"text": f"The {r['word']} {r['filler']} the mat."} for r in rows])
+    return d
+
+
+@pytest.fixture(scope="module")
+def adapters(task_dir, tiny_base, tiny_base_v2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapters")
+    for name, base, epochs in (("a1", tiny_base, "10"), ("a2", tiny_base_v2, "6")):
+        suite = task_dir / f"suite_train_v{name[1]}.yaml"
+        assert cli.main(["finetune", "--suite", str(suite), "--task", "pick", "--base", str(base),
+                         "--output", str(out / name), "--epochs", epochs, *LORA]) == 0
+    return out / "a1", out / "a2"
+
+
+def _record(path):
+    return json.loads((path / trainer.TRAINING_JSON).read_text())
+
+
+def _adapter_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_muscle_train_cuts_validation_nfr_and_keeps_accuracy(task_dir, adapters, tiny_base_v2, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    a1, a2 = adapters
+    out = tmp_path / "compat"
+    code = cli.main(["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter",
+                     str(a1), "--new-adapter", str(a2), "--output", str(out), "--epochs", "6", "--lr", "1e-2",
+                     "--batch-size", "8", "--device", "cpu"])
+    assert code == 0
+    record = _record(out)
+    start = record["epochs"][0]["val"]                    # epoch 0 = the student before training = A2
+    chosen = next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"]
+    assert start["nfr"] > 0.1                             # the stacks really disagree
+    assert chosen["nfr"] < start["nfr"]
+    assert chosen["acc"] >= start["acc"] - 0.01
+    assert record["teachers"] == "resident" and record["chosen_epoch"] >= 1
+    assert {"loss", "kl", "ce", "mask_old"} <= set(record["epochs"][1]["train"])
+    # OUT is a standard PEFT adapter dir for the new base; no work dir is left behind.
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_v2), out)
+    assert not trainer.work_dir(out).exists()
+
+
+def test_precomputed_full_vocab_teachers_match_resident(task_dir, adapters, tmp_path):
+    a1, a2 = adapters
+    runs = {}
+    for name, extra in (("resident", []), ("precomputed", ["--precompute-teachers", "--top-k", "100000"])):
+        args = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter", str(a1),
+                "--new-adapter", str(a2), "--output", str(tmp_path / name), "--epochs", "1", "--lr", "1e-2",
+                "--batch-size", "8", "--device", "cpu", "--mask", "ll-seq", *extra]
+        assert cli.main(args) == 0
+        runs[name] = _record(tmp_path / name)
+    assert runs["precomputed"]["teachers"] == "precomputed"
+    for key in ("loss", "mask_old"):
+        assert runs["precomputed"]["epochs"][1]["train"][key] == pytest.approx(runs["resident"]["epochs"][1]["train"][key], rel=1e-4)
+
+
+def test_resume_after_interrupt_equals_straight_run(task_dir, tiny_base, tmp_path, monkeypatch):
+    def args(out, *extra):
+        return ["finetune", "--suite", str(task_dir / "suite_train.yaml"), "--task", "raw", "--base", str(tiny_base),
+                "--output", str(out), "--epochs", "2", "--seed", "3", *LORA, *extra]
+
+    assert cli.main(args(tmp_path / "straight")) == 0
+    save = trainer._save_checkpoint
+
+    def save_then_die(accelerator, path, broadcast):
+        save(accelerator, path, broadcast)
+        raise KeyboardInterrupt  # killed right after the epoch-1 checkpoint
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args(tmp_path / "resumed"))
+    assert not (tmp_path / "resumed").exists()           # OUT is only written at the end
+    assert (trainer.work_dir(tmp_path / "resumed") / "epoch-1").is_dir()
+    monkeypatch.setattr(trainer, "_save_checkpoint", save)
+    assert cli.main(args(tmp_path / "resumed", "--resume")) == 0
+
+    straight, resumed = _adapter_tensors(tmp_path / "straight"), _adapter_tensors(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name, tensor in straight.items():
+        assert resumed[name].equal(tensor), name
+    assert _record(tmp_path / "straight")["epochs"] == _record(tmp_path / "resumed")["epochs"]
+
+
+def test_two_process_accelerate_run(task_dir, tiny_base, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "muscle.cli", "finetune", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick",
+           "--base", str(tiny_base), "--output", str(out), "--epochs", "1", *LORA]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = _record(out)
+    assert record["num_processes"] == 2
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--task", "nope"], "task 'nope' is not in"),
+    (["--task", "pick", "--mask", "paper", "--old-adapter", "/does/not/exist"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(task_dir, adapters, tmp_path, capsys, argv, message):
+    a1, a2 = adapters
+    base = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--old-adapter", str(a1), "--new-adapter",
+            str(a2), "--output", str(tmp_path / "x"), "--device", "cpu"]
+    assert cli.main(base + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_vocabulary_mismatch_is_refused(task_dir, adapters, tmp_path, capsys):
+    from tests import tiny
+
+    other_tok = tmp_path / "tok"
+    tiny.build_tokenizer(other_tok)
+    vocab = json.loads((other_tok / "tokenizer.json").read_text())
+    vocab["added_tokens"].append({"id": len(vocab["model"]["vocab"]), "content": "<extra>", "single_word": False,
+                                  "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    (other_tok / "tokenizer.json").write_text(json.dumps(vocab))
+    other_base = tiny.build_base(tmp_path / "base", other_tok, seed=5)
+    a1, a2 = adapters
+    code = cli.main(["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter",
+                     str(a1), "--old-base", str(other_base), "--new-adapter", str(a2), "--output",
+                     str(tmp_path / "x"), "--device", "cpu"])
+    assert code == 2
+    assert "different tokenizer vocabularies" in capsys.readouterr().err
