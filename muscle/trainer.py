@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from muscle.data import build_examples, collate, split_train_val
-from pytest_modelcompat.atomic import atomic_directory, atomic_write
+from pytest_modelcompat.atomic import atomic_directory, atomic_write, check_writable_dir
 from pytest_modelcompat.errors import CompatInputError
 
 STUDENT = "default"          # PEFT's name for the trainable adapter
@@ -119,6 +119,17 @@ def _check_config(config: TrainConfig) -> None:
         raise CompatInputError("--ce-weight must be between 0 and 1")
     if config.temperature <= 0 or config.lr <= 0:
         raise CompatInputError("--temperature and --lr must be positive")
+    if config.limit is not None and config.limit < 1:
+        raise CompatInputError(f"--limit must be a positive integer, got {config.limit}")
+    check_writable_dir(config.output, "--output")
+    if config.mode == "train":  # cheap file checks before the first (slow) model load
+        from pytest_modelcompat.stack import check_adapter_files
+
+        for flag, adapter in (("--old-adapter", config.old_adapter), ("--new-adapter", config.new_adapter)):
+            try:
+                check_adapter_files(adapter, allow_pickle=config.allow_pickle)
+            except CompatInputError as exc:
+                raise CompatInputError(f"{flag}: {exc}") from None
 
 
 def _same_vocabulary(old_tok, new_tok, old: str, new: str) -> None:
@@ -208,11 +219,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     accelerator = Accelerator(cpu=config.device == "cpu",
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     device = accelerator.device
+    device_name = str(device) if device.type == "cuda" else device.type  # multi-CPU ranks report "cpu:0"
     set_seed(config.seed)
     main = accelerator.is_main_process
 
     train_inst, val_inst = split_train_val(_instances(task, config), config.seed)
-    model, tokenizer, base = _student(config, str(device))
+    model, tokenizer, base = _student(config, device_name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_ex = build_examples(tokenizer, task, train_inst, config.max_length)
     val_ex = build_examples(tokenizer, task, val_inst, config.max_length, start_index=len(train_ex))
@@ -226,7 +238,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if config.mode == "train":
             from pytest_modelcompat.stack import load_stack
 
-            old = load_stack(config.old_adapter, config.old_base, device=str(device), dtype=config.dtype,
+            old = load_stack(config.old_adapter, config.old_base, device=device_name, dtype=config.dtype,
                              allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
             _same_vocabulary(old.tokenizer, tokenizer, old.adapter, config.new_adapter)
             old_preds = _val_predictions(old.model, old.tokenizer, task, val_inst, base=old.base,
