@@ -222,6 +222,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     device_name = str(device) if device.type == "cuda" else device.type  # multi-CPU ranks report "cpu:0"
     set_seed(config.seed)
     main = accelerator.is_main_process
+    if main and not config.resume:
+        shutil.rmtree(work, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
+    accelerator.wait_for_everyone()
 
     train_inst, val_inst = split_train_val(_instances(task, config), config.seed)
     model, tokenizer, base = _student(config, device_name)
