@@ -11,9 +11,10 @@ How each kind turns model output into a prediction:
 - ``exact_match``: greedy generation after the context (no delimiter appended: a trailing space
   would make the answer's first token unnatural for BPE tokenizers; lm-eval's ``generate_until``
   does the same). The answer is the ``extract`` regex's group 1, else the last number in the text,
-  else the whole text; the gold is extracted from the target the same way (for ``lm_eval:`` tasks
-  both go through the task's own lm-eval filter pipeline). Answers compare after normalisation:
-  strip, drop ``,`` and ``$`` and a trailing ``.``, lowercase.
+  else the whole text; the gold is extracted from the target the same way. Answers compare after
+  normalisation: strip, drop ``,`` and ``$`` and a trailing ``.``, lowercase. ``lm_eval:`` tasks
+  use lm-eval's own pieces instead: the task's filter pipeline makes the answer and the task's
+  exact_match (with its ignore_case / regexes_to_ignore) decides correctness.
 - ``generative``: greedy generation with ``no_repeat_ngram_size=2`` and the task's stop strings,
   scored by the task's similarity (ROUGE-1 F by default) against the target.
 
@@ -115,10 +116,6 @@ def normalize_answer(answer: str) -> str:
 
 def answer_extractor(task: TaskSpec) -> Callable[[str], str]:
     """The function that turns a generated text (or a target) into the answer to compare."""
-    if task.lm_eval:
-        from pytest_modelcompat.lmeval_tasks import response_filter
-
-        return response_filter(task)
     try:
         pattern = re.compile(task.extract) if task.extract else None
     except re.error as exc:
@@ -157,6 +154,15 @@ def _predict_exact_match(stack, task, instances, batch_size, progress, descripti
         stack, [inst.context for inst in instances], max_new_tokens=task.max_new_tokens, stop=task.stop,
         batch_size=batch_size, progress=progress, description=description,
     )
+    if task.lm_eval:
+        from pytest_modelcompat.lmeval_tasks import response_correct, response_filter
+
+        lm_filter, lm_correct = response_filter(task), response_correct(task)
+        answers = [lm_filter(text, inst.doc) for inst, text in zip(instances, texts)]
+        return [
+            Prediction(pred=answer, correct=lm_correct(answer, inst), score=None, text=text)
+            for inst, answer, text in zip(instances, answers, texts)
+        ]
     extract = answer_extractor(task)
     predictions = []
     for inst, text in zip(instances, texts):

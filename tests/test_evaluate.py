@@ -216,3 +216,33 @@ def test_evaluate_task_metrics_gate_and_quadrants(tmp_path, stacks):
     assert checks["nfr"].threshold == 0.0 and checks["btc"].threshold == 0.0
     assert result.gate.passed == (result.metrics["nfr"] == 0.0)
     assert result.warnings == []
+
+
+def test_lm_eval_generate_task_uses_lm_evals_filter_and_exact_match(tmp_path, stacks, monkeypatch):
+    import yaml
+
+    old, _ = stacks
+    docs = [{"question": f"What is {n} plus {n}?", "solution": f"Add.\n#### {2 * n}"} for n in range(4)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump({
+        "task": "tiny_gen_eval", "dataset_path": "json", "test_split": "test",
+        "dataset_kwargs": {"data_files": {"test": str(tmp_path / "docs.jsonl")}},
+        "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{solution}}", "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": 8},
+        "filter_list": [{"name": "strict-match", "filter": [
+            {"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"}, {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "ignore_case": True,
+                         "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
+    }))
+    (tmp_path / "suite.yaml").write_text("tasks:\n  - {name: gen, lm_eval: gen.yaml}\n")
+    from pytest_modelcompat.suite import resolve_task
+
+    (task,) = load_suite(tmp_path / "suite.yaml")
+    task = resolve_task(task)
+    instances = load_instances(task)
+    outputs = ["so #### 0", "#### 2.", "The answer is 4", "#### 7"]
+    monkeypatch.setattr(engine, "generate", lambda stack, prompts, **kw: outputs[: len(prompts)])
+    preds = evaluate.predict(old, task, instances)
+    # strict-match finds no "####" in the third text: lm-eval's "[invalid]", counted wrong.
+    assert [p.pred for p in preds] == ["0", "2.", "[invalid]", "7"]
+    assert [p.correct for p in preds] == [True, True, False, False]
