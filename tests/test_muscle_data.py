@@ -1,0 +1,69 @@
+"""Training examples: gate templates, the scorer's tokenisation, loss mask, truncation, split."""
+
+from __future__ import annotations
+
+import pytest
+
+from muscle.data import IGNORE, build_examples, collate, split_train_val
+from pytest_modelcompat.engine import encode_request
+from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat.suite import Instance, TaskSpec
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer)
+
+
+def _task(kind, delimiter=" "):
+    return TaskSpec(name="t", kind=kind, source=None, data=None, train=None, text=None, choices=None, label=None,
+                    target=None, delimiter=delimiter)
+
+
+def test_multiple_choice_example_is_context_plus_gold_choice_with_loss_on_choice_only(tokenizer):
+    inst = Instance(id="0", context="The cat sat on the", choices=("dog", "mat"), gold=1, doc={})
+    [ex] = build_examples(tokenizer, _task("multiple_choice"), [inst], max_length=64)
+    [(ctx, cont)] = encode_request(tokenizer, inst.context, [" mat"])
+    assert ex.input_ids == ctx + cont
+    assert ex.labels == [IGNORE] * len(ctx) + cont
+
+
+def test_empty_context_trains_on_every_text_token(tokenizer):
+    inst = Instance(id="0", context="", choices=None, gold="The cat sat on the mat.", doc={})
+    [ex] = build_examples(tokenizer, _task("generative", delimiter=""), [inst], max_length=64)
+    text = tokenizer.encode("The cat sat on the mat.", add_special_tokens=False)
+    assert ex.input_ids == [tokenizer.bos_token_id] + text
+    assert ex.labels == [IGNORE] + text
+
+
+def test_long_examples_lose_prompt_tokens_from_the_left(tokenizer):
+    inst = Instance(id="0", context="The cat sat on the mat. " * 10 + "The dog ate the", choices=None,
+                    gold="bone", doc={})
+    [full] = build_examples(tokenizer, _task("generative"), [inst], max_length=1000)
+    [cut] = build_examples(tokenizer, _task("generative"), [inst], max_length=8)
+    assert len(cut.input_ids) == 8 and cut.input_ids == full.input_ids[-8:]
+    assert cut.labels[-1] != IGNORE and cut.labels[0] == IGNORE
+
+
+def test_split_is_seeded_disjoint_and_80_20():
+    instances = [Instance(id=str(i), context="c", choices=None, gold="g", doc={}) for i in range(50)]
+    train, val = split_train_val(instances, seed=7)
+    assert (len(train), len(val)) == (40, 10)
+    assert {i.id for i in train}.isdisjoint({i.id for i in val})
+    assert split_train_val(instances, seed=7) == (train, val)
+    assert split_train_val(instances, seed=8)[1] != val
+    with pytest.raises(CompatInputError, match="at least 2"):
+        split_train_val(instances[:1], seed=0)
+
+
+def test_collate_pads_right_with_ignored_labels(tokenizer):
+    insts = [Instance(id=str(i), context=c, choices=None, gold="mat", doc={}) for i, c in enumerate(["The cat", "The"])]
+    examples = build_examples(tokenizer, _task("generative"), insts, max_length=64)
+    batch = collate(examples, pad_id=0)
+    short = len(examples[1].input_ids)
+    assert batch["input_ids"].shape[1] == len(examples[0].input_ids)
+    assert batch["attention_mask"][1, short:].sum() == 0
+    assert (batch["labels"][1, short:] == IGNORE).all()
+    assert batch["index"].tolist() == [0, 1]
