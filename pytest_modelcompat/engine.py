@@ -146,6 +146,28 @@ def _build_trees(tokenizer, requests: Sequence[Request], limit: int) -> tuple[li
     return trees, first_slot
 
 
+def _attention_mask(config, allowed: torch.Tensor, position_ids: torch.Tensor, dtype, device):
+    """The additive 4D mask for ``allowed`` [rows, q, kv]; with sliding-window attention also the
+    windowed mask (distance in positions < window), per layer type when the model mixes both.
+
+    A custom 4D mask replaces the model's own mask building, so the window must be applied here.
+    """
+    import torch
+
+    def additive(allowed_rows):
+        mask = torch.zeros(allowed_rows.shape[0], 1, *allowed_rows.shape[1:], dtype=dtype)
+        return mask.masked_fill_(~allowed_rows[:, None], torch.finfo(dtype).min).to(device)
+
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or (layer_types is not None and "sliding_attention" not in layer_types):
+        return additive(allowed)
+    windowed = allowed & ((position_ids[:, :, None] - position_ids[:, None, :]) < window)
+    if layer_types is None:
+        return additive(windowed)
+    return {"full_attention": additive(allowed), "sliding_attention": additive(windowed)}
+
+
 def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype) -> tuple[list[int], torch.Tensor]:
     """Score one batch of trees; return (choice slots, summed continuation log-probs)."""
     import torch
@@ -181,15 +203,13 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype) ->
     # Token i sees token j iff j comes no later and j is in the prefix or in i's own branch.
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     same_or_prefix = (branch_ids[:, None, :] == 0) | (branch_ids[:, None, :] == branch_ids[:, :, None])
-    allowed = causal & same_or_prefix
-    mask = torch.zeros((rows, 1, width, width), dtype=dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    mask = _attention_mask(model.config, causal & same_or_prefix, position_ids, dtype, device)
 
     # Map (row, column) of every kept position to its index in the flattened kept logits.
     flat_index = torch.cumsum(keep.flatten(), 0).view(rows, width) - 1
     src = flat_index[torch.tensor(scored_row), torch.tensor(scored_col)].to(device)
     logits = model(
-        input_ids=input_ids.to(device), attention_mask=mask.to(device),
+        input_ids=input_ids.to(device), attention_mask=mask,
         position_ids=position_ids.to(device), logits_to_keep=keep.to(device), use_cache=False,
     ).logits.float()
     log_norm = torch.logsumexp(logits, dim=-1)

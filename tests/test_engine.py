@@ -144,3 +144,25 @@ def test_generate_cuts_at_stop_strings(stack):
 def test_truncate_at_stop_takes_the_earliest():
     assert engine.truncate_at_stop("a\n\nQuestion: b", ["Question:", "\n\n"]) == "a"
     assert engine.truncate_at_stop("no stop here", ["Question:"]) == "no stop here"
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "gemma3_text"])
+def test_sliding_window_models_match_their_own_masks(tiny_tokenizer, architecture):
+    # A custom 4D mask bypasses the model's mask building; the engine must apply the window itself
+    # (Mistral: one windowed mask; Gemma 3: sliding and full layers mixed).
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    extra = {"layer_types": ["sliding_attention", "full_attention"]} if architecture == "gemma3_text" else {}
+    config = AutoConfig.for_model(
+        architecture, vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+        max_position_embeddings=512, pad_token_id=tok.pad_token_id, **extra,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    stack = SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu"))
+    ours = engine.loglikelihoods(stack, REQUESTS, batch_size=4)
+    for got, want in zip(ours, _reference(stack, REQUESTS)):
+        assert got == pytest.approx(want, abs=1e-4)
