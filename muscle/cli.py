@@ -22,9 +22,15 @@ EPILOG = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse exits 2 with usage already; keep its one-line style
-        self.print_usage(sys.stderr)
-        self.exit(2, f"error: {message}\n")
+    def error(self, message):  # one line (not argparse's usage block), exit 2 like every input error
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _trust_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickle (.bin/.pt) weights; they can run code, so only from sources you trust")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a base model's own Python code (transformers trust_remote_code)")
 
 
 def _training_options(p: argparse.ArgumentParser, *, lr: float) -> None:
@@ -42,8 +48,7 @@ def _training_options(p: argparse.ArgumentParser, *, lr: float) -> None:
                    help="epoch selection on the 20%% validation split (train: nfr vs M1, finetune: loss)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading non-safetensors weights")
-    p.add_argument("--trust-remote-code", action="store_true")
+    _trust_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    _trust_options(ev)
     return parser
 
 
@@ -112,6 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pytest_modelcompat import evaluate
+    from pytest_modelcompat.atomic import check_writable_dir
     from pytest_modelcompat.report import (
         muscle_train_command,
         stack_meta,
@@ -119,9 +126,15 @@ def _eval(args: argparse.Namespace) -> int:
         terminal_table,
         write_reports,
     )
-    from pytest_modelcompat.stack import load_stack
-    from pytest_modelcompat.suite import load_suite
+    from pytest_modelcompat.stack import check_adapter_files, load_stack
+    from pytest_modelcompat.suite import load_instances, load_suite
 
+    if args.limit is not None and args.limit < 1:
+        raise CompatInputError(f"--limit must be a positive integer, got {args.limit}")
+    if args.batch_size < 1:
+        raise CompatInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.report:
+        check_writable_dir(args.report, "--report")
     tasks = load_suite(args.suite)
     if args.task:
         unknown = sorted(set(args.task) - {t.name for t in tasks})
@@ -129,8 +142,17 @@ def _eval(args: argparse.Namespace) -> int:
             raise CompatInputError(f"task(s) {', '.join(unknown)} not in {args.suite}; "
                                    f"choose from {', '.join(t.name for t in tasks)}")
         tasks = [t for t in tasks if t.name in args.task]
-    old = load_stack(args.old_adapter, args.old_base, device=args.device, dtype=args.dtype)
-    new = load_stack(args.new_adapter, args.new_base, device=args.device, dtype=args.dtype)
+    for task in tasks:  # data and template problems surface before the (slow) model loads
+        if task.lm_eval is None:
+            load_instances(task, limit=evaluate.effective_limit(args.limit, task.limit))
+    trust = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+    for flag, adapter in (("--old-adapter", args.old_adapter), ("--new-adapter", args.new_adapter)):
+        try:  # both checked before the first (slow) model load
+            check_adapter_files(adapter, allow_pickle=args.allow_pickle)
+        except CompatInputError as exc:
+            raise CompatInputError(f"{flag}: {exc}") from None
+    old = load_stack(args.old_adapter, args.old_base, device=args.device, dtype=args.dtype, **trust)
+    new = load_stack(args.new_adapter, args.new_base, device=args.device, dtype=args.dtype, **trust)
     records = []
     for task in tasks:
         result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size)

@@ -45,6 +45,11 @@ OPTIONS: list[tuple[str, str, dict]] = [
     ("compat_device", "device for both stacks: auto, cpu or cuda (default auto)",
      {"metavar": "{auto,cpu,cuda}"}),
 ]
+# Opt-ins for weights and code that can run arbitrary Python (SPEC: off unless asked for).
+TRUST_FLAGS = (
+    ("allow_pickle", "allow loading pickle (.bin/.pt) weights; they can run code, so only from sources you trust"),
+    ("trust_remote_code", "allow a base model's own Python code (transformers trust_remote_code)"),
+)
 DEVICES = ("auto", "cpu", "cuda")
 SUITE_FILE_PATTERNS = ("modelcompat.yaml", "compat_*.yaml")
 SKIP_REASON = ("modelcompat: no stacks to compare; pass --old-adapter PATH and --new-adapter PATH "
@@ -66,6 +71,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("modelcompat_compat_no_cache", "do not read or write the result cache",
                   type="bool", default=False)
+    for name, help_text in TRUST_FLAGS:
+        group.addoption(_flag(name), dest=f"modelcompat_{name}", action="store_true", default=False, help=help_text)
+        parser.addini(f"modelcompat_{name}", help_text, type="bool", default=False)
 
 
 # ---------------------------------------------------------------- options
@@ -84,6 +92,8 @@ class CompatOptions:
     limit: int | None
     batch_size: int
     device: str
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
 
     @property
     def stacks_given(self) -> bool:
@@ -144,6 +154,9 @@ def read_options(config: pytest.Config) -> CompatOptions:
             raise pytest.UsageError(
                 f"{_flag(name)}: no such directory {str(adapter)!r}; pass a PEFT adapter directory"
             )
+    trust = {name: bool(config.getoption(f"modelcompat_{name}") or config.getini(f"modelcompat_{name}"))
+             for name, _ in TRUST_FLAGS}
+    old_base, new_base = _base_reference(config, "old_base"), _base_reference(config, "new_base")
     device = _raw_option(config, "compat_device")[0] or "auto"
     if device not in DEVICES:
         raise pytest.UsageError(f"--compat-device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -153,13 +166,30 @@ def read_options(config: pytest.Config) -> CompatOptions:
         from pytest_modelcompat.cache import cache_home
 
         cache_dir = _path(config, "compat_cache") or cache_home() / "results"
+    report_dir = _path(config, "compat_report")
+    limit, batch_size = _positive_int(config, "compat_limit"), _positive_int(config, "compat_batch_size") or 16
+    if old_adapter is not None:
+        from pytest_modelcompat.atomic import check_writable_dir
+        from pytest_modelcompat.stack import base_reference, check_adapter_files
+
+        # What can be checked without loading a model fails the run now, as a usage error.
+        try:
+            for which, adapter, base in (("old", old_adapter, old_base), ("new", new_adapter, new_base)):
+                try:
+                    check_adapter_files(adapter, allow_pickle=trust["allow_pickle"])
+                    base_reference(adapter, base)
+                except CompatInputError as error:
+                    raise CompatInputError(f"{_flag(which + '_adapter')}: {error}") from None
+            for flag, directory in (("--compat-report", report_dir), ("--compat-cache", cache_dir)):
+                if directory is not None:
+                    check_writable_dir(directory, flag)
+        except CompatInputError as error:
+            raise pytest.UsageError(str(error)) from None
     return CompatOptions(
-        old_adapter=old_adapter, new_adapter=new_adapter,
-        old_base=_base_reference(config, "old_base"), new_base=_base_reference(config, "new_base"),
-        report_dir=_path(config, "compat_report"), cache_dir=cache_dir,
-        limit=_positive_int(config, "compat_limit"),
-        batch_size=_positive_int(config, "compat_batch_size") or 16,
+        old_adapter=old_adapter, new_adapter=new_adapter, old_base=old_base, new_base=new_base,
+        report_dir=report_dir, cache_dir=cache_dir, limit=limit, batch_size=batch_size,
         device=device,
+        **trust,
     )
 
 
@@ -187,7 +217,8 @@ class CompatSession:
             adapter = getattr(self.options, f"{which}_adapter")
             try:
                 self._stacks[which] = load_stack(adapter, getattr(self.options, f"{which}_base"),
-                                                 device=self.options.device)
+                                                 device=self.options.device, allow_pickle=self.options.allow_pickle,
+                                                 trust_remote_code=self.options.trust_remote_code)
             except CompatInputError as error:
                 self._load_errors[which] = f"{_flag(which + '_adapter')}: {error}"
                 pytest.fail(self._load_errors[which], pytrace=False)
@@ -378,9 +409,13 @@ class SuiteFile(pytest.File):
     """A suite YAML: one ``TaskItem`` per entry of ``tasks:``."""
 
     def collect(self):
-        from pytest_modelcompat.suite import load_suite
+        from pytest_modelcompat.suite import load_instances, load_suite
 
         for task in load_suite(self.path):
+            if task.lm_eval is None:
+                # A missing/empty data file or a row the templates cannot render is a collection
+                # error now (cheap: no model), not a failure after the stacks were loaded.
+                load_instances(task)
             yield TaskItem.from_parent(self, name=task.name, task=task)
 
     def repr_failure(self, excinfo, style=None):

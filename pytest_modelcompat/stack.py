@@ -206,7 +206,7 @@ def _adapter_weights(adapter: Path, allow_pickle: bool) -> Path:
         if not allow_pickle:
             raise CompatInputError(
                 f"adapter {str(adapter)!r} has only pickle weights ({ADAPTER_PICKLE}); re-save it as "
-                f"safetensors (PEFT save_pretrained) or allow pickle loading explicitly (allow_pickle=True)"
+                f"safetensors (PEFT save_pretrained) or allow pickle loading explicitly (--allow-pickle; allow_pickle=True in Python)"
             )
         return adapter / ADAPTER_PICKLE
     raise CompatInputError(f"adapter {str(adapter)!r} has no {ADAPTER_SAFETENSORS}; pass a PEFT adapter dir (save_pretrained output)")
@@ -368,7 +368,7 @@ def _local_base_files(base_dir: Path, allow_pickle: bool) -> list[Path]:
     elif pickles and not allow_pickle:
         raise CompatInputError(
             f"base {str(base_dir)!r} has only pickle weights ({pickles[0].name}); re-save it with "
-            f"save_pretrained (safetensors) or allow pickle loading explicitly (allow_pickle=True)"
+            f"save_pretrained (safetensors) or allow pickle loading explicitly (--allow-pickle; allow_pickle=True in Python)"
         )
     elif pickles:
         weights = pickles
@@ -388,6 +388,20 @@ def _hub_commit(name: str) -> str | None:
     return Path(cached).parent.name if isinstance(cached, str) else None
 
 
+def check_base_path(base: str | os.PathLike) -> None:
+    """Without loading anything: CompatInputError when ``base`` names a local model that is not
+    there (a missing .gguf file or directory, or a plain file); a hub name passes."""
+    reference = os.path.expanduser(str(base))
+    if reference.endswith(".gguf"):
+        if not os.path.isfile(reference):
+            raise CompatInputError(f"GGUF file {reference!r} does not exist; pass an existing .gguf model file")
+    elif not os.path.isdir(reference) and (os.path.exists(reference) or _looks_like_path(reference)):
+        what = "is a file, not a model directory" if os.path.exists(reference) else "does not exist"
+        raise CompatInputError(
+            f"base {reference!r} {what}; pass a Hugging Face model dir, a .gguf file or a hub name"
+        )
+
+
 def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "float32",
               allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load a base model and its tokenizer; return ``(model, tokenizer, base_fingerprint)``.
@@ -402,6 +416,7 @@ def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "fl
     torch_device = resolve_device(device)
     torch_dtype = _torch_dtype(dtype)
     reference = os.path.expanduser(str(base))
+    check_base_path(reference)
     if reference.endswith(".gguf"):
         reference = os.path.abspath(reference)
         load_from = convert_gguf(reference)
@@ -410,11 +425,6 @@ def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "fl
         reference = os.path.abspath(reference)
         load_from = Path(reference)
         identity = {"files": _files_digest(_local_base_files(load_from, allow_pickle))}
-    elif os.path.exists(reference) or _looks_like_path(reference):
-        what = "is a file, not a model directory" if os.path.exists(reference) else "does not exist"
-        raise CompatInputError(
-            f"base {reference!r} {what}; pass a Hugging Face model dir, a .gguf file or a hub name"
-        )
     else:
         load_from = reference
         identity = {}  # filled in after loading, when the hub cache knows the commit
@@ -455,17 +465,12 @@ def _files_digest(files: list[Path]) -> dict[str, str]:
 # --------------------------------------------------------------------------- stacks
 
 
-def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *, device: str = "auto",
-               dtype: str = "float32", merge: bool = False, allow_pickle: bool = False,
-               trust_remote_code: bool = False) -> Stack:
-    """Base + PEFT adapter, ready for inference (eval mode, no grad), with its fingerprint.
+def base_reference(adapter: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """The base a stack is built on: ``base`` if given, else the adapter's ``base_model_name_or_path``.
 
-    ``base`` overrides the adapter's ``base_model_name_or_path``. ``merge=True`` folds the LoRA
-    weights into the base (``merge_and_unload``): faster inference, same predictions up to fp
-    rounding.
+    Cheap (no model load): CompatInputError when the adapter names no base or the reference is a
+    filesystem path that does not exist here (hub names are only checked when loaded).
     """
-    torch_device = resolve_device(device)
-    adapter_fp = adapter_fingerprint(adapter, allow_pickle=allow_pickle)  # validates before the heavy load
     if base is None:
         base = read_adapter_config(adapter).get("base_model_name_or_path")
         if not base:
@@ -478,6 +483,23 @@ def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None
                 f"adapter {str(adapter)!r} names base {base!r} (base_model_name_or_path), which does not exist here; "
                 f"pass the base explicitly (--old-base/--new-base)"
             )
+        return base
+    check_base_path(base)
+    return str(base)
+
+
+def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *, device: str = "auto",
+               dtype: str = "float32", merge: bool = False, allow_pickle: bool = False,
+               trust_remote_code: bool = False) -> Stack:
+    """Base + PEFT adapter, ready for inference (eval mode, no grad), with its fingerprint.
+
+    ``base`` overrides the adapter's ``base_model_name_or_path``. ``merge=True`` folds the LoRA
+    weights into the base (``merge_and_unload``): faster inference, same predictions up to fp
+    rounding.
+    """
+    torch_device = resolve_device(device)
+    adapter_fp = adapter_fingerprint(adapter, allow_pickle=allow_pickle)  # validates before the heavy load
+    base = base_reference(adapter, base)
     model, tokenizer, base_fp = load_base(
         base, device=str(torch_device), dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )
