@@ -126,7 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
         terminal_table,
         write_reports,
     )
-    from pytest_modelcompat.stack import check_adapter_files, load_stack
+    from pytest_modelcompat.stack import check_stack_files, load_stack
     from pytest_modelcompat.suite import load_instances, load_suite
 
     if args.limit is not None and args.limit < 1:
@@ -146,11 +146,9 @@ def _eval(args: argparse.Namespace) -> int:
         if task.lm_eval is None:
             load_instances(task, limit=evaluate.effective_limit(args.limit, task.limit))
     trust = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
-    for flag, adapter in (("--old-adapter", args.old_adapter), ("--new-adapter", args.new_adapter)):
-        try:  # both checked before the first (slow) model load
-            check_adapter_files(adapter, allow_pickle=args.allow_pickle)
-        except CompatInputError as exc:
-            raise CompatInputError(f"{flag}: {exc}") from None
+    for which in ("old", "new"):  # both checked before the first (slow) model load
+        check_stack_files(getattr(args, f"{which}_adapter"), getattr(args, f"{which}_base"),
+                          allow_pickle=args.allow_pickle, which=which)
     old = load_stack(args.old_adapter, args.old_base, device=args.device, dtype=args.dtype, **trust)
     new = load_stack(args.new_adapter, args.new_base, device=args.device, dtype=args.dtype, **trust)
     records = []

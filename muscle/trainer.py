@@ -123,13 +123,11 @@ def _check_config(config: TrainConfig) -> None:
         raise CompatInputError(f"--limit must be a positive integer, got {config.limit}")
     check_writable_dir(config.output, "--output")
     if config.mode == "train":  # cheap file checks before the first (slow) model load
-        from pytest_modelcompat.stack import check_adapter_files
+        from pytest_modelcompat.stack import check_stack_files
 
-        for flag, adapter in (("--old-adapter", config.old_adapter), ("--new-adapter", config.new_adapter)):
-            try:
-                check_adapter_files(adapter, allow_pickle=config.allow_pickle)
-            except CompatInputError as exc:
-                raise CompatInputError(f"{flag}: {exc}") from None
+        for which, adapter, base in (("old", config.old_adapter, config.old_base),
+                                     ("new", config.new_adapter, config.base)):
+            check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
 
 
 def _same_vocabulary(old_tok, new_tok, old: str, new: str) -> None:

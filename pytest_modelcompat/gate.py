@@ -70,10 +70,13 @@ def validate_gate(gate: Any, kind: str | None = None, where: str = "gate") -> di
                 f"{where}: gate key {key!r} does not apply to a {kind} task (it applies to {', '.join(kinds)})"
             )
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise CompatInputError(f"{where}: {key} must be a number, got {threshold!r}")
+            raise CompatInputError(f"{where}: {key} must be a number, got {threshold!r}; write e.g. {key}: 0.05")
         low = -1.0 if key in _DELTA_KEYS else 0.0
         if not (math.isfinite(threshold) and low <= threshold <= 1.0):
-            raise CompatInputError(f"{where}: {key} = {threshold!r} is out of range [{low:g}, 1]")
+            raise CompatInputError(
+                f"{where}: {key} = {threshold!r} is out of range [{low:g}, 1]; rates and their bounds are fractions"
+                f" (0.05 = 5 %)"
+            )
         checked[key] = float(threshold)
     return checked
 

@@ -170,16 +170,12 @@ def read_options(config: pytest.Config) -> CompatOptions:
     limit, batch_size = _positive_int(config, "compat_limit"), _positive_int(config, "compat_batch_size") or 16
     if old_adapter is not None:
         from pytest_modelcompat.atomic import check_writable_dir
-        from pytest_modelcompat.stack import base_reference, check_adapter_files
+        from pytest_modelcompat.stack import check_stack_files
 
         # What can be checked without loading a model fails the run now, as a usage error.
         try:
             for which, adapter, base in (("old", old_adapter, old_base), ("new", new_adapter, new_base)):
-                try:
-                    check_adapter_files(adapter, allow_pickle=trust["allow_pickle"])
-                    base_reference(adapter, base)
-                except CompatInputError as error:
-                    raise CompatInputError(f"{_flag(which + '_adapter')}: {error}") from None
+                check_stack_files(adapter, base, allow_pickle=trust["allow_pickle"], which=which)
             for flag, directory in (("--compat-report", report_dir), ("--compat-cache", cache_dir)):
                 if directory is not None:
                     check_writable_dir(directory, flag)

@@ -488,6 +488,27 @@ def base_reference(adapter: str | os.PathLike, base: str | os.PathLike | None = 
     return str(base)
 
 
+def check_stack_files(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *,
+                      allow_pickle: bool = False, which: str | None = None) -> str:
+    """What :func:`load_stack` would refuse, found without loading torch or a model: the adapter
+    dir (:func:`check_adapter_files`) and the base reference (:func:`base_reference`, returned).
+
+    ``which`` ("old" / "new") prefixes a message with the option to fix (``--old-adapter`` or,
+    for an explicit base, ``--old-base``), as the entry points name them.
+    """
+    def named(option: str, error: CompatInputError) -> CompatInputError:
+        return error if which is None else CompatInputError(f"--{which}-{option}: {error}")
+
+    try:
+        check_adapter_files(adapter, allow_pickle=allow_pickle)
+    except CompatInputError as exc:
+        raise named("adapter", exc) from None
+    try:
+        return base_reference(adapter, base)
+    except CompatInputError as exc:
+        raise named("adapter" if base is None else "base", exc) from None
+
+
 def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *, device: str = "auto",
                dtype: str = "float32", merge: bool = False, allow_pickle: bool = False,
                trust_remote_code: bool = False) -> Stack:

@@ -493,7 +493,7 @@ def _render(template: tuple[str, Any], row: Mapping[str, Any], where: str, key: 
     try:
         return compiled.render(**row)
     except UndefinedError as exc:
-        raise CompatInputError(f"{where}: `{key}` uses a field the row lacks ({exc.message}); fix the template") from None
+        raise CompatInputError(f"{where}: `{key}` uses a field the row lacks ({exc.message}); fix the template or add the field to every row") from None
     except Exception as exc:  # the template is user code: any failure is an input problem
         raise CompatInputError(f"{where}: rendering `{key}` failed ({type(exc).__name__}: {exc})") from None
 
@@ -549,7 +549,10 @@ def _gold_index(label: Any, choices: tuple[str, ...], where: str) -> int:
     """lm-eval's reading of a gold label: an index or a choice's text."""
     if isinstance(label, int) and not isinstance(label, bool):
         if not 0 <= label < len(choices):
-            raise CompatInputError(f"{where}: label {label} is out of range for {len(choices)} choices")
+            raise CompatInputError(
+                f"{where}: label {label} is out of range for {len(choices)} choices; "
+                f"use an index from 0 to {len(choices) - 1} or the text of a choice"
+            )
         return label
     if isinstance(label, str) and label in choices:
         return choices.index(label)
