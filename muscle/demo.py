@@ -33,17 +33,17 @@ REPO = Path(__file__).resolve().parents[1]
 SUITE_DIR = REPO / "example_suite"
 ARTIFACTS = SUITE_DIR / "artifacts"
 BASE_V2_DELTA = ARTIFACTS / "base_v2_delta"
-DEMO_SUITE = SUITE_DIR / "compat_piqa.yaml"
+DEMO_SUITE = SUITE_DIR / "piqa" / "compat_piqa.yaml"
 DEMO_TASK = "piqa"
 ADAPTER_V1 = ARTIFACTS / "piqa_a1"
 ADAPTER_V2 = ARTIFACTS / "piqa_a2"
 # First N PIQA validation instances the demo gates on: enough for stable flip counts, and it keeps
 # the whole demo within ~10 min on 2 CPU cores.
 DEMO_LIMIT = 500
-# `muscle train` settings for the demo's compatibility adapter (benchmarks/compat_results.py uses
-# the same ones, so the README table and the demo agree).
-COMPAT_TRAIN_ARGS = ("--mask", "paper", "--temperature", "2", "--epochs", "1", "--lr", "1e-4",
-                     "--batch-size", "8", "--max-length", "128", "--seed", "0")
+# `muscle train` recipe for compatibility adapters; the demo uses mask `paper` without CE, and
+# benchmarks/compat_results.py the same recipe for every ablation row, so its table and the demo agree.
+COMPAT_RECIPE = ("--temperature", "2", "--epochs", "1", "--lr", "1e-4", "--batch-size", "8",
+                 "--max-length", "128", "--limit", "400", "--seed", "0")
 
 
 def models_home() -> Path:
@@ -98,11 +98,18 @@ def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path
             "--compat-cache", str(cache_home() / "demo" / "results")]
 
 
-def compat_train_command(v1: Path, v2: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(DEMO_SUITE), "--task", DEMO_TASK,
-            "--old-adapter", str(ADAPTER_V1), "--old-base", str(v1),
-            "--new-adapter", str(ADAPTER_V2), "--new-base", str(v2),
-            "--output", str(output), "--resume", *COMPAT_TRAIN_ARGS]
+def compat_adapter_dir(task: str, mask: str = "paper", ce_weight: float = 0.0) -> Path:
+    return cache_home() / "demo" / f"{task}_compat_{mask}_ce{ce_weight:g}"
+
+
+def compat_train_command(suite: Path, task: str, adapters: tuple[Path, Path], bases: tuple[Path, Path],
+                         output: Path, mask: str = "paper", ce_weight: float = 0.0) -> list[str]:
+    """`muscle train` for A1 (old) → A2 (new); `--resume` continues an interrupted run."""
+    return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(suite), "--task", task,
+            "--old-adapter", str(adapters[0]), "--old-base", str(bases[0]),
+            "--new-adapter", str(adapters[1]), "--new-base", str(bases[1]),
+            "--output", str(output), "--mask", mask, "--ce-weight", f"{ce_weight:g}", "--resume",
+            *COMPAT_RECIPE]
 
 
 def run(console, title: str, command: list[str]) -> int:
@@ -151,10 +158,15 @@ def main() -> int:
         return code or 1
     console.print(f"[yellow]✗ the plain update fails the gate[/]: negative flips above; report in {before}")
 
-    compat = demo_home / "piqa_compat"
-    code = run(console, "Step 4/5  muscle train: a compatibility adapter (MUSCLE)", compat_train_command(v1, v2, compat))
-    if code != 0:
-        return code
+    compat = compat_adapter_dir(DEMO_TASK)
+    if (compat / "adapter_config.json").is_file():
+        console.rule("[bold]Step 4/5  muscle train: a compatibility adapter (MUSCLE)")
+        console.print(f"[green]✓[/] reusing the compatibility adapter trained by an earlier run: {compat}")
+    else:
+        code = run(console, "Step 4/5  muscle train: a compatibility adapter (MUSCLE)",
+                   compat_train_command(DEMO_SUITE, DEMO_TASK, (ADAPTER_V1, ADAPTER_V2), (v1, v2), compat))
+        if code != 0:
+            return code
 
     after = demo_home / "report-compat"
     code = run(console, "Step 5/5  gate: A1 on v1 vs the compatibility adapter on v2", gate_command(compat, v2, v1, after))

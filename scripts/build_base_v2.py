@@ -1,6 +1,6 @@
 """Train the "data update" that turns base v1 into base v2, and ship it as a small fp16 LoRA delta.
 
-    python scripts/build_base_v2.py [--shared-data ../shared/data] [--work DIR] [--docs 1200]
+    python scripts/build_base_v2.py [--shared-data ../shared/data] [--work DIR] [--docs 480]
 
 Base v1 is SmolLM2-135M-Instruct. Base v2 is v1 continued-pretrained on text it was not tuned on:
 GSM8K train solutions (worked arithmetic, MIT) and PIQA train goals with their correct solution
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path("build") / "base_v2")
-    parser.add_argument("--docs", type=int, default=1200)
+    parser.add_argument("--docs", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=96)
     args = parser.parse_args(argv)
 
     atomic_write(args.work / "corpus.jsonl",
