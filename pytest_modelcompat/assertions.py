@@ -47,12 +47,14 @@ class TaskReport:
             pytest.fail(self.verdict(), pytrace=False)
 
     def _assert(self, key: str, threshold: float) -> None:
+        from pytest_modelcompat.evaluate import NONFINITE_CHECK
         from pytest_modelcompat.gate import evaluate_gate
 
-        gate = evaluate_gate(self.result.metrics, {key: threshold}, self.result.task.kind)
-        if not gate.passed:
-            pytest.fail(verdict_message(self.record, [check.to_dict() for check in gate.checks]),
-                        pytrace=False)
+        checks = evaluate_gate(self.result.metrics, {key: threshold}, self.result.task.kind).checks
+        # NaN/inf scores fail every helper too: the metrics of such a run mean nothing
+        checks += tuple(check for check in self.result.gate.checks if check.metric == NONFINITE_CHECK)
+        if not all(check.passed for check in checks):
+            pytest.fail(verdict_message(self.record, [check.to_dict() for check in checks]), pytrace=False)
 
     def assert_nfr_below(self, max_nfr: float) -> None:
         """NFR <= ``max_nfr`` (gate key ``max_nfr``)."""

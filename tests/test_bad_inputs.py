@@ -367,9 +367,15 @@ def test_nonfinite_loglikelihoods_fail_the_gate_and_are_never_correct(scenario, 
     assert [c["metric"] for c in task["gate"]["checks"] if not c["passed"]] == ["nonfinite_scores"]
     assert all(i["new"]["correct"] is False and i["new"]["pred"] is None for i in task["instances"])
     shutil.rmtree(scenario.out)
-    result = pytester.runpytest(*scenario.pytest_argv())
+    # the suite item and an assertion helper on the same task both fail on it
+    helper = pytester.makepyfile(test_helper=f"""
+        def test_helper(compat):
+            compat.evaluate("yesno", suite={str(scenario.suite)!r}).assert_nfr_below(1.0)
+    """)
+    result = pytester.runpytest(*scenario.pytest_argv(), str(helper))
     assert result.ret == TEST_FAILED
-    result.stdout.fnmatch_lines(["*FAILED nonfinite_scores = 6.0000 (must be <= 0.0000)*"])
+    result.assert_outcomes(failed=2)
+    assert result.stdout.str().count("FAILED nonfinite_scores = 6.0000 (must be <= 0.0000)") == 2
 
 
 # ------------------------------------------------------------------------------ muscle's own argparse
