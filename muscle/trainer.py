@@ -122,12 +122,18 @@ def _check_config(config: TrainConfig) -> None:
     if config.limit is not None and config.limit < 1:
         raise CompatInputError(f"--limit must be a positive integer, got {config.limit}")
     check_writable_dir(config.output, "--output")
-    if config.mode == "train":  # cheap file checks before the first (slow) model load
-        from pytest_modelcompat.stack import check_stack_files
+    if config.mode == "train":  # cheap checks before the first (slow) model load
+        from pytest_modelcompat.stack import check_stack_files, load_tokenizer
 
-        for which, adapter, base in (("old", config.old_adapter, config.old_base),
-                                     ("new", config.new_adapter, config.base)):
+        old_base, new_base = (
             check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
+            for which, adapter, base in (("old", config.old_adapter, config.old_base),
+                                         ("new", config.new_adapter, config.base))
+        )
+        # Before the adapters: an adapter on lm_head would otherwise fail first, as a shape error.
+        _same_vocabulary(load_tokenizer(old_base, trust_remote_code=config.trust_remote_code),
+                         load_tokenizer(new_base, trust_remote_code=config.trust_remote_code),
+                         config.old_adapter, config.new_adapter)
 
 
 def _same_vocabulary(old_tok, new_tok, old: str, new: str) -> None:
@@ -241,7 +247,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
             old = load_stack(config.old_adapter, config.old_base, device=device_name, dtype=config.dtype,
                              allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-            _same_vocabulary(old.tokenizer, tokenizer, old.adapter, config.new_adapter)
             old_preds = _val_predictions(old.model, old.tokenizer, task, val_inst, base=old.base,
                                          label="M1", device=device, batch_size=config.batch_size)
             old_model = old.model

@@ -402,6 +402,54 @@ def check_base_path(base: str | os.PathLike) -> None:
         )
 
 
+def _load_source(base: str | os.PathLike) -> tuple[str, str | Path]:
+    """(resolved reference, what from_pretrained loads: a local dir as a Path, else a hub name).
+
+    A .gguf base is converted once to a cached safetensors dir.
+    """
+    reference = os.path.expanduser(str(base))
+    check_base_path(reference)
+    if reference.endswith(".gguf"):
+        reference = os.path.abspath(reference)
+        return reference, convert_gguf(reference)
+    if os.path.isdir(reference):
+        reference = os.path.abspath(reference)
+        return reference, Path(reference)
+    return reference, reference
+
+
+def _load_error(reference: str, load_from: str | Path, exc: Exception) -> CompatInputError:
+    if isinstance(load_from, Path):
+        return CompatInputError(
+            f"base {reference!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"re-save it with save_pretrained"
+        )
+    return CompatInputError(
+        f"base {reference!r} is not a local model dir or .gguf file and could not be loaded from the "
+        f"Hugging Face hub ({type(exc).__name__}); check the name and network, or pass a local base dir"
+    )
+
+
+def _tokenizer_from(reference: str, load_from: str | Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _load_error(reference, load_from, exc) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CompatInputError(f"the tokenizer of base {reference!r} has neither a pad nor an eos token; add one to it")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(base: str | os.PathLike, *, trust_remote_code: bool = False):
+    """The tokenizer of a base (as :func:`load_base` returns it) without loading the model: cheap
+    enough to compare vocabularies before any model load."""
+    return _tokenizer_from(*_load_source(base), trust_remote_code)
+
+
 def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "float32",
               allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load a base model and its tokenizer; return ``(model, tokenizer, base_fingerprint)``.
@@ -411,45 +459,25 @@ def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "fl
     base that :func:`load_stack` can find again. The tokenizer has a pad token (eos if it had
     none; the vocabulary is unchanged).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch_device = resolve_device(device)
     torch_dtype = _torch_dtype(dtype)
-    reference = os.path.expanduser(str(base))
-    check_base_path(reference)
-    if reference.endswith(".gguf"):
-        reference = os.path.abspath(reference)
-        load_from = convert_gguf(reference)
-        identity: dict[str, Any] = {"files": _files_digest(_local_base_files(load_from, False))}
-    elif os.path.isdir(reference):
-        reference = os.path.abspath(reference)
-        load_from = Path(reference)
-        identity = {"files": _files_digest(_local_base_files(load_from, allow_pickle))}
-    else:
-        load_from = reference
-        identity = {}  # filled in after loading, when the hub cache knows the commit
+    reference, load_from = _load_source(base)
+    # A hub name's identity is filled in after loading, when the hub cache knows the commit.
+    identity: dict[str, Any] = (
+        {"files": _files_digest(_local_base_files(load_from, allow_pickle))} if isinstance(load_from, Path) else {}
+    )
+    tokenizer = _tokenizer_from(reference, load_from, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             load_from, dtype=torch_dtype, trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError) as exc:
-        if isinstance(load_from, Path):
-            raise CompatInputError(
-                f"base {reference!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                f"re-save it with save_pretrained"
-            ) from None
-        raise CompatInputError(
-            f"base {reference!r} is not a local model dir or .gguf file and could not be loaded from the "
-            f"Hugging Face hub ({type(exc).__name__}); check the name and network, or pass a local base dir"
-        ) from None
+        raise _load_error(reference, load_from, exc) from None
     if not identity:
         identity = {"hub": reference, "commit": _hub_commit(reference)}
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise CompatInputError(f"the tokenizer of base {reference!r} has neither a pad nor an eos token; add one to it")
-        tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.name_or_path = reference
