@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--new-base")
     ev.add_argument("--report", help="directory for report.json / report.md / report.html")
     ev.add_argument("--limit", type=int, help="first N instances per task")
+    ev.add_argument("--cache", help="result cache dir (default: $MODELCOMPAT_HOME/results, "
+                                    "~/.cache/pytest-modelcompat/results); shared with the pytest plugin")
+    ev.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -119,6 +122,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     from pytest_modelcompat import evaluate
     from pytest_modelcompat.atomic import check_writable_dir
+    from pytest_modelcompat.cache import ResultCache, cache_home
+    from pytest_modelcompat.progress import make_progress
     from pytest_modelcompat.report import (
         muscle_train_command,
         stack_meta,
@@ -135,6 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise CompatInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.report:
         check_writable_dir(args.report, "--report")
+    if args.cache and not args.no_cache:
+        check_writable_dir(args.cache, "--cache")
     tasks = load_suite(args.suite)
     if args.task:
         unknown = sorted(set(args.task) - {t.name for t in tasks})
@@ -151,9 +158,12 @@ def _eval(args: argparse.Namespace) -> int:
                           allow_pickle=args.allow_pickle, which=which)
     old = load_stack(args.old_adapter, args.old_base, device=args.device, dtype=args.dtype, **trust)
     new = load_stack(args.new_adapter, args.new_base, device=args.device, dtype=args.dtype, **trust)
+    cache = None if args.no_cache else ResultCache(Path(args.cache) if args.cache else cache_home() / "results")
     records = []
     for task in tasks:
-        result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size)
+        with make_progress(transient=True) as progress:
+            result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size,
+                                            cache=cache, progress=progress)
         command = muscle_train_command(suite=args.suite, task=task.name, old_adapter=args.old_adapter,
                                        new_adapter=args.new_adapter, old_base=args.old_base, new_base=args.new_base)
         records.append(task_record(result, stack_meta(old), stack_meta(new), nodeid=f"{args.suite}::{task.name}",

@@ -209,13 +209,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
     from peft import set_peft_model_state_dict
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from safetensors.torch import load_file
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
     from muscle.loss import muscle_loss, select_targets
     from muscle.teachers import teacher_logits
+    from pytest_modelcompat.progress import make_progress
 
     _check_config(config)
     task = _find_task(config)
@@ -237,8 +237,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     val_ex = build_examples(tokenizer, task, val_inst, config.max_length, start_index=len(train_ex))
     predicts = config.mode == "train" or task.kind == "multiple_choice"
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), disable=not main, transient=False)
+    progress = make_progress(disable=not main)
     progress.start()
     try:
         old_model = old_preds = stores = None

@@ -19,6 +19,7 @@ modules. Nothing heavy is imported at module level, so unrelated pytest runs sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from fnmatch import fnmatch
@@ -224,6 +225,7 @@ class CompatSession:
         """Evaluate ``task`` on both stacks; record it on ``item`` for reports and JUnit XML."""
         from pytest_modelcompat.assertions import TaskReport
         from pytest_modelcompat.evaluate import evaluate_task
+        from pytest_modelcompat.progress import make_progress
         from pytest_modelcompat.report import muscle_train_command, stack_meta, task_record
 
         old, new = self.stack("old"), self.stack("new")
@@ -232,10 +234,15 @@ class CompatSession:
             from pytest_modelcompat.cache import ResultCache
 
             cache = ResultCache(self.options.cache_dir)
-        result = evaluate_task(
-            old, new, task, limit=self.options.limit, cache=cache, batch_size=self.options.batch_size,
-            gate_override=gate,
-        )
+        # Long evaluations show a rich bar on the real terminal (pytest's capture suspended);
+        # xdist workers have no terminal, so they stay quiet.
+        capture = item.config.pluginmanager.getplugin("capturemanager")
+        with (capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()), \
+                make_progress(transient=True, disable=_is_xdist_worker(item.config)) as progress:
+            result = evaluate_task(
+                old, new, task, limit=self.options.limit, cache=cache, batch_size=self.options.batch_size,
+                gate_override=gate, progress=progress,
+            )
         command = muscle_train_command(
             suite=task.source, task=task.name, old_adapter=str(self.options.old_adapter),
             new_adapter=str(self.options.new_adapter), old_base=self.options.old_base,
