@@ -13,12 +13,13 @@ Log-likelihoods are tokenised exactly like lm-eval 0.4.13's ``HFLM`` (``LM._enco
 What makes it faster than lm-eval, which runs context + continuation once per choice and takes a
 ``log_softmax`` over the whole ``[batch, sequence, vocab]`` tensor:
 
-- **one packed row per context** (a token tree): the context tokens once, then every choice's
-  continuation tokens (all but the last, as in lm-eval) as a branch. A 4D attention mask lets each
-  branch see the context and itself only, and each branch's position ids continue from the end of
-  the context, so every branch is computed exactly as the lone sequence lm-eval runs would be;
+- **one packed row per context** (a token tree): the context tokens once, then the choices'
+  continuation tokens (all but the last, as in lm-eval) as a trie, so leading tokens that choices
+  share are computed once too. A 4D attention mask lets each trie token see the context and its
+  own ancestors only, and position ids continue from the end of the context by depth, so every
+  choice is computed exactly as the lone sequence lm-eval runs would be;
 - the LM head runs only on positions whose next token is scored (``logits_to_keep`` as a
-  boolean mask): the context's last position (shared by all choices) and the branch tokens;
+  boolean mask): the context's last position (shared by all choices) and the trie tokens;
 - rows are sorted by length and padded only to the longest row of their batch.
 
 A single forward with a tree mask was chosen over "run the context, expand its KV cache over the
@@ -103,15 +104,34 @@ def max_length(model, tokenizer) -> int:
 
 @dataclass
 class _Tree:
-    """One packed row: a shared prefix and one branch per continuation scored against it."""
+    """One packed row: a shared prefix, then the continuations (all but their last token) as a
+    token trie, so choices that start alike ("... a spoon" / "... a fork") share their common
+    leading tokens as well as the prefix."""
 
     prefix: list[int]
-    branches: list[list[int]] = field(default_factory=list)  # continuation tokens minus the last
-    targets: list[tuple[int, list[int]]] = field(default_factory=list)  # (choice slot, continuation)
+    tokens: list[int] = field(default_factory=list)  # trie nodes, each after its parent
+    parents: list[int] = field(default_factory=list)  # parent node index, -1 = the prefix's end
+    depths: list[int] = field(default_factory=list)  # 0-based distance from the prefix
+    children: dict[tuple[int, int], int] = field(default_factory=dict)  # (parent, token) -> node
+    targets: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (slot, continuation, path)
+
+    def add(self, slot: int, continuation: list[int]) -> None:
+        node, path = -1, []
+        for token in continuation[:-1]:
+            child = self.children.get((node, token))
+            if child is None:
+                child = len(self.tokens)
+                self.children[(node, token)] = child
+                self.tokens.append(token)
+                self.parents.append(node)
+                self.depths.append(self.depths[node] + 1 if node >= 0 else 0)
+            node = child
+            path.append(node)
+        self.targets.append((slot, continuation, path))
 
     @property
     def length(self) -> int:
-        return len(self.prefix) + sum(len(b) for b in self.branches)
+        return len(self.prefix) + len(self.tokens)
 
 
 def _build_trees(tokenizer, requests: Sequence[Request], limit: int) -> tuple[list[_Tree], list[int]]:
@@ -135,11 +155,8 @@ def _build_trees(tokenizer, requests: Sequence[Request], limit: int) -> tuple[li
             # lm-eval's input: (context + continuation)[-(max_length + 1):][:-1]; the prefix is
             # everything up to the position that predicts the continuation's first token.
             whole = (context_enc + continuation_enc)[-(limit + 1):][:-1]
-            branch = continuation_enc[:-1]
-            prefix = whole[: len(whole) - len(branch)]
-            tree = by_prefix.setdefault(tuple(prefix), _Tree(prefix))
-            tree.branches.append(branch)
-            tree.targets.append((slot, continuation_enc))
+            prefix = whole[: len(whole) - (len(continuation_enc) - 1)]
+            by_prefix.setdefault(tuple(prefix), _Tree(prefix)).add(slot, continuation_enc)
             slot += 1
         trees.extend(by_prefix.values())
     first_slot.append(slot)
@@ -176,34 +193,30 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype) ->
     rows = len(trees)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((rows, width), dtype=torch.long)
-    # Branch id per token: 0 = prefix, k = k-th branch, -1 = padding.
-    branch_ids = torch.full((rows, width), -1, dtype=torch.long)
     keep = torch.zeros((rows, width), dtype=torch.bool)
+    # Token i sees token j iff j is in the prefix and no later than i, or j is i or an ancestor
+    # of i in the trie. Padding sees the prefix and itself only (a row never sees nothing).
+    allowed = torch.ones(width, width, dtype=torch.bool).tril().repeat(rows, 1, 1)
     # Per scored token: (row, column of the position predicting it, token id, choice slot).
     scored_row, scored_col, scored_tok, scored_slot = [], [], [], []
     for r, tree in enumerate(trees):
-        p = len(tree.prefix)
+        p, n = len(tree.prefix), len(tree.tokens)
         input_ids[r, :p] = torch.tensor(tree.prefix)
+        input_ids[r, p:p + n] = torch.tensor(tree.tokens, dtype=torch.long)
         position_ids[r, :p] = torch.arange(p)
-        branch_ids[r, :p] = 0
-        keep[r, p - 1] = True
-        start = p
-        for k, (branch, (slot, continuation)) in enumerate(zip(tree.branches, tree.targets), start=1):
-            end = start + len(branch)
-            input_ids[r, start:end] = torch.tensor(branch, dtype=torch.long)
-            position_ids[r, start:end] = torch.arange(p, p + len(branch))
-            branch_ids[r, start:end] = k
-            keep[r, start:end] = True
-            columns = [p - 1, *range(start, end)]
+        position_ids[r, p:p + n] = p + torch.tensor(tree.depths, dtype=torch.long)
+        keep[r, p - 1:p + n] = True
+        trie = torch.eye(width - p, dtype=torch.bool)
+        for node, parent in enumerate(tree.parents):
+            if parent >= 0:
+                trie[node] |= trie[parent]  # parents come first, so their rows are complete
+        allowed[r, p:, p:] = trie
+        for slot, continuation, path in tree.targets:
             scored_row += [r] * len(continuation)
-            scored_col += columns
+            scored_col += [p - 1, *(p + node for node in path)]
             scored_tok += continuation
             scored_slot += [slot] * len(continuation)
-            start = end
-    # Token i sees token j iff j comes no later and j is in the prefix or in i's own branch.
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_or_prefix = (branch_ids[:, None, :] == 0) | (branch_ids[:, None, :] == branch_ids[:, :, None])
-    mask = _attention_mask(model.config, causal & same_or_prefix, position_ids, dtype, device)
+    mask = _attention_mask(model.config, allowed, position_ids, dtype, device)
 
     # Map (row, column) of every kept position to its index in the flattened kept logits.
     flat_index = torch.cumsum(keep.flatten(), 0).view(rows, width) - 1

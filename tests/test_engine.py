@@ -12,7 +12,9 @@ from pytest_modelcompat.errors import CompatInputError
 
 REQUESTS = [
     ("Question: what is two plus two? Answer:", [" four", " five", " the cat sat", " 42"]),
-    ("Goal: open a jar. Solution:", [" twist the lid.", " hit it with a spoon and then the mat."]),
+    # Choices sharing leading tokens share trie nodes; one is a prefix of another.
+    ("Goal: open a jar. Solution:", [" twist the lid.", " twist the lid with a spoon.", " twist the",
+                                     " hit it with a spoon and then the mat."]),
     ("The cat sat on the ", ["mat.", "dog", "bone ate the cat"]),  # trailing space moves to the choice
     ("", [" positive", "negative review"]),  # empty context: the prefix token stands in
     ("numbers 0 1 2", [" 3", " 3 4 5 6 7 8 9 10 11 12", " 100"]),
@@ -63,6 +65,13 @@ def test_packed_trees_equal_one_forward_per_choice(stack):
     assert [len(v) for v in ours] == [len(c) for _, c in REQUESTS]
     for got, want in zip(ours, reference):
         assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_shared_leading_tokens_are_computed_once(stack):
+    trees, _ = engine._build_trees(stack.tokenizer, REQUESTS[1:2], limit=512)
+    (tree,) = trees
+    continuations = [c for _, c, _ in tree.targets]
+    assert len(tree.tokens) < sum(len(c) - 1 for c in continuations)
 
 
 def test_batch_size_does_not_change_loglikelihoods(stack):
