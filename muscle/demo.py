@@ -39,11 +39,11 @@ ADAPTER_V1 = ARTIFACTS / "piqa_a1"
 ADAPTER_V2 = ARTIFACTS / "piqa_a2"
 # First N PIQA validation instances the demo gates on: enough for stable flip counts, and it keeps
 # the whole demo within ~10 min on 2 CPU cores.
-DEMO_LIMIT = 500
+DEMO_LIMIT = 300
 # `muscle train` recipe for compatibility adapters; the demo uses mask `paper` without CE, and
 # benchmarks/compat_results.py the same recipe for every ablation row, so its table and the demo agree.
 COMPAT_RECIPE = ("--temperature", "2", "--epochs", "1", "--lr", "1e-4", "--batch-size", "8",
-                 "--max-length", "128", "--limit", "400", "--seed", "0")
+                 "--max-length", "128", "--limit", "240", "--seed", "0")
 
 
 def models_home() -> Path:

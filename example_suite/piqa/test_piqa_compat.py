@@ -3,7 +3,7 @@
 Run with the stacks to compare, e.g. (see muscle/demo.py for how the bases are built):
 
     pytest example_suite/piqa --old-adapter example_suite/artifacts/piqa_a1 --old-base V1 \
-        --new-adapter example_suite/artifacts/piqa_a2 --new-base V2 --compat-limit 500
+        --new-adapter example_suite/artifacts/piqa_a2 --new-base V2 --compat-limit 300
 
 Both tests reuse the predictions the YAML item computed (the result cache is keyed by stack and task).
 """
