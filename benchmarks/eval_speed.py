@@ -145,7 +145,8 @@ def run_lm_eval(base_dir: Path, adapter: Path, task_manager, task: str, batch_si
 
 def token_counts(stack, instances, delimiter=" ") -> tuple[int, int]:
     """Tokens run through the model: lm-eval (context + continuation - 1 per choice) vs ours
-    (context once + each continuation - 1)."""
+    (context once + each continuation - 1; an upper bound: the engine's trie also shares the
+    leading tokens that choices have in common)."""
     theirs = ours = 0
     for inst in instances:
         pairs = engine.encode_request(stack.tokenizer, inst.context, [delimiter + c for c in inst.choices])
