@@ -60,13 +60,14 @@ def corpus(shared: Path, docs: int) -> list[dict]:
 
 
 def to_fp16(adapter: Path, out: Path) -> None:
-    """Copy a PEFT adapter dir with its LoRA weights cast to fp16 (half the bytes to ship)."""
+    """Copy a `muscle finetune` output dir with its LoRA weights cast to fp16 (half the bytes to ship)."""
     from safetensors.torch import load_file, save_file
 
     weights = load_file(adapter / "adapter_model.safetensors")
     with atomic_directory(out) as tmp:
         save_file({k: v.half().contiguous() for k, v in weights.items()}, tmp / "adapter_model.safetensors")
-        (tmp / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+        for name in ("adapter_config.json", "muscle_training.json"):  # config + training provenance
+            (tmp / name).write_text((adapter / name).read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
