@@ -94,8 +94,7 @@ def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path
     return [sys.executable, "-m", "pytest", str(DEMO_SUITE), "-p", "no:cacheprovider", "-q",
             "--old-adapter", str(ADAPTER_V1), "--old-base", str(old_base),
             "--new-adapter", str(new_adapter), "--new-base", str(new_base),
-            "--compat-report", str(report), "--compat-limit", str(DEMO_LIMIT),
-            "--compat-cache", str(cache_home() / "demo" / "results")]
+            "--compat-report", str(report), "--compat-limit", str(DEMO_LIMIT)]
 
 
 def compat_adapter_dir(task: str, mask: str = "paper", ce_weight: float = 0.0) -> Path:

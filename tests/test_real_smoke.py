@@ -30,9 +30,11 @@ def real_bases():
 
 def test_gate_on_real_smollm2_piqa(real_bases, pytester, tmp_path):
     v1, v2 = real_bases
-    suite = pytester.path / "compat_piqa.yaml"
+    # The suite's data paths are relative to it (../data/...): copy the layout of example_suite/.
+    suite = pytester.path / "piqa" / demo.DEMO_SUITE.name
+    suite.parent.mkdir()
     shutil.copy(demo.DEMO_SUITE, suite)
-    shutil.copytree(demo.SUITE_DIR / "data", pytester.path.parent / "data", dirs_exist_ok=True)
+    shutil.copytree(demo.SUITE_DIR / "data", pytester.path / "data")
     report_dir = tmp_path / "report"
 
     result = pytester.runpytest(
