@@ -42,7 +42,7 @@ ADAPTER_V2 = ARTIFACTS / "piqa_a2"
 DEMO_LIMIT = 300
 # `muscle train` recipe for compatibility adapters; the demo uses mask `paper` without CE, and
 # benchmarks/compat_results.py the same recipe for every ablation row, so its table and the demo agree.
-COMPAT_RECIPE = ("--temperature", "2", "--epochs", "1", "--lr", "1e-4", "--batch-size", "8",
+COMPAT_RECIPE = ("--temperature", "2", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8",
                  "--max-length", "128", "--limit", "240", "--seed", "0")
 
 
