@@ -44,7 +44,7 @@ def parse_variant(text: str) -> tuple[str, float]:
 
 def compat_adapter(suite: Path, task: str, adapters, bases, mask: str, ce_weight: float) -> Path:
     """The compatibility adapter for (task, mask, CE), trained with `muscle train` unless cached."""
-    out = demo.compat_adapter_dir(task, mask, ce_weight)
+    out = demo.compat_adapter_dir(task, adapters, mask, ce_weight)
     if not (out / "adapter_config.json").is_file():
         command = demo.compat_train_command(suite, task, adapters, bases, out, mask, ce_weight)
         print("$", " ".join(command), flush=True)

@@ -97,8 +97,14 @@ def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path
             "--compat-report", str(report), "--compat-limit", str(DEMO_LIMIT)]
 
 
-def compat_adapter_dir(task: str, mask: str = "paper", ce_weight: float = 0.0) -> Path:
-    return cache_home() / "demo" / f"{task}_compat_{mask}_ce{ce_weight:g}"
+def compat_adapter_dir(task: str, adapters: tuple[Path, Path], mask: str = "paper", ce_weight: float = 0.0) -> Path:
+    """Where the compatibility adapter for (A1, A2, recipe, mask, CE) is cached: a changed adapter
+    or recipe gets a new directory instead of a stale hit."""
+    from pytest_modelcompat.stack import adapter_fingerprint
+
+    key = json.dumps([COMPAT_RECIPE, [adapter_fingerprint(a) for a in adapters]])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_home() / "demo" / f"{task}_compat_{mask}_ce{ce_weight:g}_{digest}"
 
 
 def compat_train_command(suite: Path, task: str, adapters: tuple[Path, Path], bases: tuple[Path, Path],
@@ -138,7 +144,17 @@ def summary_table(before: dict, after: dict):
 def main() -> int:
     from rich.console import Console
 
+    from pytest_modelcompat.errors import CompatInputError
+
     console = Console()
+    try:
+        return run_demo(console)
+    except CompatInputError as error:
+        console.print(f"[red]error:[/] {error}")
+        return 2
+
+
+def run_demo(console) -> int:
     started = time.monotonic()
     demo_home = cache_home() / "demo"
     console.rule("[bold]pytest-modelcompat demo: a base-model update on real SmolLM2-135M weights")
@@ -157,7 +173,7 @@ def main() -> int:
         return code or 1
     console.print(f"[yellow]✗ the plain update fails the gate[/]: negative flips above; report in {before}")
 
-    compat = compat_adapter_dir(DEMO_TASK)
+    compat = compat_adapter_dir(DEMO_TASK, (ADAPTER_V1, ADAPTER_V2))
     if (compat / "adapter_config.json").is_file():
         console.rule("[bold]Step 4/5  muscle train: a compatibility adapter (MUSCLE)")
         console.print(f"[green]✓[/] reusing the compatibility adapter trained by an earlier run: {compat}")
