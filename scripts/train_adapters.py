@@ -23,7 +23,7 @@ from muscle.demo import ARTIFACTS, SUITE_DIR, base_v1_dir, base_v2_dir, demo_env
 # adapter trains in minutes on 2 CPU cores.
 RECIPES = {
     "piqa": (SUITE_DIR / "piqa" / "compat_piqa.yaml", ARTIFACTS,
-             ["--limit", "1000", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128"]),
+             ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128"]),
     "samsum": (SUITE_DIR / "samsum" / "compat_samsum.yaml", Path("build") / "adapters",
                ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384"]),
 }
