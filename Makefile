@@ -20,7 +20,8 @@ demo: install
 	$(BIN)/python -m muscle.demo
 
 test: install
-	$(BIN)/python -m pytest -n 2 -q
+	# one torch thread per xdist worker: two workers on two cores, no oversubscription
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
 lint: install
 	$(BIN)/ruff check .
