@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path("build") / "base_v2")
-    parser.add_argument("--docs", type=int, default=480)
+    parser.add_argument("--docs", type=int, default=960)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=96)
+    parser.add_argument("--lr", default="3e-3")
     args = parser.parse_args(argv)
 
     atomic_write(args.work / "corpus.jsonl",
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         [sys.executable, "-m", "muscle.cli", "finetune", "--suite", str(args.work / "update_corpus.yaml"),
          "--task", "update_corpus", "--base", str(base_v1_dir()), "--output", str(trained),
          "--rank", "8", "--alpha", "16", "--target-modules", ALL_LINEAR, "--epochs", str(args.epochs),
-         "--lr", "1e-3", "--batch-size", "8", "--max-length", str(args.max_length), "--seed", str(SEED)],
+         "--lr", args.lr, "--batch-size", "8", "--max-length", str(args.max_length), "--seed", str(SEED)],
         check=True,
     )
     to_fp16(trained, DELTA_DIR)

@@ -14,8 +14,8 @@ import pytest
 @pytest.mark.modelcompat(task="piqa", suite="compat_piqa.yaml")
 def test_update_keeps_old_successes_and_accuracy(compat):
     # The marker evaluates the task first and asserts the suite's gate (max_nfr) after this body;
-    # the body adds what this team also cares about: no accuracy regression beyond 1 point.
-    compat.report.assert_no_accuracy_drop(tolerance=0.01)
+    # the body adds what this team also cares about: no accuracy regression beyond 2.5 points.
+    compat.report.assert_no_accuracy_drop(tolerance=0.025)
 
 
 def test_most_old_successes_survive(compat):
