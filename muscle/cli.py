@@ -58,19 +58,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a MUSCLE compatibility adapter (student init from A2)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _training_options(train, lr=1e-4)
+    _training_options(train, lr=5e-4)
     train.add_argument("--old-adapter", required=True, help="A1: the old stack's adapter dir")
     train.add_argument("--new-adapter", required=True, help="A2: the new stack's adapter dir (student init)")
     train.add_argument("--old-base", help="B1 (default: A1's base_model_name_or_path)")
     train.add_argument("--new-base", help="B2 (default: A2's base_model_name_or_path)")
-    train.add_argument("--mask", choices=("paper", "ll-token", "ll-seq", "old-correct", "none"), default="paper",
-                       help="which tokens imitate M1 (the rest imitate M2)")
-    train.add_argument("--temperature", type=float, default=2.0)
+    train.add_argument("--objective", choices=("token", "choice", "sequence"),
+                       help="what the student learns from: token = the paper's per-token KL (shared vocabulary); "
+                            "choice = multiple-choice distributions; sequence = the better teacher's output "
+                            "(default: choice for multiple choice, sequence for generation)")
+    train.add_argument("--mask", choices=("paper", "ll-token", "ll-seq", "old-correct", "none"),
+                       help="which tokens (token) or instances (choice, sequence) imitate M1, the rest M2 "
+                            "(default: paper for token and sequence, old-correct for choice)")
+    train.add_argument("--temperature", type=float, default=2.0, help="softening of token/choice distributions")
     train.add_argument("--ce-weight", type=float, default=0.0,
-                       help="weight of the auxiliary cross-entropy: L = (1-w) L_comp + w CE")
+                       help="weight of the auxiliary cross-entropy on the gold answer: L = (1-w) L_comp + w CE")
+    train.add_argument("--new-target", choices=("m2", "ensemble"), default="m2",
+                       help="choice: where the mask says 'new', imitate M2 or the M1/M2 ensemble")
+    train.add_argument("--ensemble-weight", type=float, default=0.5, help="M1's share in that ensemble")
+    train.add_argument("--focal-weight", type=float, default=0.0,
+                       help="choice/sequence: instances M1 gets right weigh 1 + this")
+    train.add_argument("--acc-tolerance", type=float, default=0.005,
+                       help="epoch selection: validation accuracy (score) may fall this far below A2's")
     train.add_argument("--precompute-teachers", action="store_true",
-                       help="run both teachers once (top-k logits on disk); training holds only the student")
-    train.add_argument("--top-k", type=int, default=64, help="teacher logits kept per token when precomputing")
+                       help="token: run both teachers once (top-k logits on disk); training holds only the student")
+    train.add_argument("--top-k", type=int, default=64, help="token: teacher logits kept per token when precomputing")
+    train.add_argument("--cache", help="result cache for the teachers' predictions (default: the gate's, "
+                                       "$MODELCOMPAT_HOME/results)")
+    train.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
 
     finetune = sub.add_parser("finetune", help="train a plain LoRA task adapter (cross-entropy)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -112,9 +127,11 @@ def _train_config(args: argparse.Namespace):
         return TrainConfig(mode="finetune", base=args.base, rank=args.rank, alpha=args.alpha,
                            target_modules=modules, **common)
     return TrainConfig(mode="train", old_adapter=args.old_adapter, new_adapter=args.new_adapter,
-                       old_base=args.old_base, base=args.new_base, mask=args.mask, temperature=args.temperature,
-                       ce_weight=args.ce_weight, precompute_teachers=args.precompute_teachers, top_k=args.top_k,
-                       **common)
+                       old_base=args.old_base, base=args.new_base, objective=args.objective, mask=args.mask,
+                       temperature=args.temperature, ce_weight=args.ce_weight, new_target=args.new_target,
+                       ensemble_weight=args.ensemble_weight, focal_weight=args.focal_weight,
+                       acc_tolerance=args.acc_tolerance, precompute_teachers=args.precompute_teachers,
+                       top_k=args.top_k, cache=args.cache, no_cache=args.no_cache, **common)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 With both teachers precomputed, training holds only the student in memory. Per target token we
 store the k largest logits and their ids, the log-normaliser logsumexp(z) and the gold token's logit
-(T = 1) — what ``muscle.loss.TopKLogits`` needs: the top-k KL approximation documented there, and
+(T = 1) — what ``muscle.losses.token.TopKLogits`` needs: the top-k KL approximation documented there, and
 the exact gold log-probability / argmax the masks use. One safetensors file per teacher, rows in
 example order, ``offsets[i]:offsets[i + 1]`` = the rows of example i.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from muscle.data import Example, collate
-from muscle.loss import TopKLogits, select_targets
+from muscle.losses.token import TopKLogits, select_targets
 from pytest_modelcompat.atomic import atomic_write
 
 if TYPE_CHECKING:

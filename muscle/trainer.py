@@ -1,21 +1,31 @@
-"""One accelerate training loop for `muscle finetune` (cross-entropy) and `muscle train` (MUSCLE).
+"""The training recipe for `muscle finetune` (cross-entropy) and `muscle train` (compatibility).
+
+Read it top to bottom, as torchtune's recipes: :func:`train` is the whole run,
+
+    recipe.setup()                        preflight, data, student, teachers, optimizer, checkpoints
+    epoch 0: recipe.validate(0)           the student before training (A2 itself for train)
+    per epoch: recipe.train_epoch(e) → recipe.validate(e) → recipe.checkpoint(e)
+    recipe.save()                         the selected epoch's adapter + muscle_training.json, atomically
 
 - finetune: base + fresh LoRA, CE on the gold continuation tokens.
-- train: student = new base + LoRA initialised from A2 (trainable); teachers M1 = old base + A1 and
-  M2 = A2 loaded as a second, frozen adapter on the student's own base (no second base copy).
-  With ``precompute_teachers`` both teachers are run once over the data (top-k logits on disk, see
-  muscle/teachers.py) and M1 is freed before training, so training holds only the student.
+- train: student = new base + LoRA initialised from A2 (trainable). What it learns from is the
+  objective (muscle/objectives.py): ``token`` (teachers' logits: M1 resident on its own base or
+  precomputed to disk, M2 as a second frozen adapter on the student's base), ``choice`` and
+  ``sequence`` (the gate's cached predictions of M1 and M2 on the train split; no teacher resident).
 
-Every epoch ends with validation on the held-out 20 %: loss, and (train, and finetune on
-multiple-choice tasks) the gate's own predictions via ``evaluate.predict`` → accuracy and, for
-train, NFR against M1's predictions. The checkpoint (adapter, optimizer, scheduler, sampler, RNG
-states, progress) goes to ``<OUT>.work/epoch-N`` via ``Accelerator.save_state``; ``resume``
-continues from the latest one exactly. OUT is written once, at the end, through
-``atomic_directory``: the chosen epoch's PEFT adapter + ``muscle_training.json``.
+Validation (the seeded 20 % of the train file) scores the student with the gate's own code
+(``evaluate.predict``); for train, the epoch kept minimises validation NFR against M1 (smooth NFR
+for generative tasks) among the epochs whose accuracy (score) is at least epoch 0's minus
+``acc_tolerance``. Epoch 0 is a candidate, so training never returns something worse on validation
+than A2. Checkpoints (adapter, optimizer, scheduler, sampler, RNG, history) go to
+``.<OUT>.work/epoch-N``; ``--resume`` continues from the latest one exactly, and refuses one made
+with another config or other data (``run.json`` there records both).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import resource
 import shutil
@@ -25,13 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from muscle.data import build_examples, collate, split_train_val
+from muscle.data import split_train_val
 from pytest_modelcompat.atomic import atomic_directory, atomic_write, check_writable_dir
 from pytest_modelcompat.errors import CompatInputError
 
 STUDENT = "default"          # PEFT's name for the trainable adapter
-NEW_TEACHER = "muscle_m2"    # A2 as a frozen second adapter on the student's base
+NEW_TEACHER = "muscle_m2"    # A2 as a frozen second adapter on the student's base (token objective)
 TRAINING_JSON = "muscle_training.json"
+RUN_JSON = "run.json"        # in the work dir: the config + data a checkpoint belongs to
+# Config fields that do not change what a run computes: a resume may differ in these.
+_NOT_IDENTITY = ("resume", "output")
 
 
 @dataclass
@@ -54,12 +67,19 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     limit: int | None = None            # first N rows of the train file
-    mask: str = "paper"
+    objective: str | None = None        # train: token | choice | sequence (None: the task kind's default)
+    mask: str | None = None             # None: the objective's default (objectives.DEFAULT_MASK)
     temperature: float = 2.0
     ce_weight: float = 0.0
+    new_target: str = "m2"              # choice: where the mask says "new", M2 or the M1/M2 ensemble
+    ensemble_weight: float = 0.5        # M1's share in that ensemble
+    focal_weight: float = 0.0           # choice/sequence: extra weight on instances M1 gets right
+    acc_tolerance: float = 0.005        # selection: accuracy (score) may drop this much below epoch 0's
     select: Literal["nfr", "loss"] | None = None   # default: nfr for train, loss for finetune
     precompute_teachers: bool = False
     top_k: int = 64
+    cache: str | None = None            # result cache for teacher predictions (default: the gate's)
+    no_cache: bool = False
     device: str = "auto"
     dtype: str = "float32"
     allow_pickle: bool = False
@@ -68,41 +88,275 @@ class TrainConfig:
     def selection(self) -> str:
         return self.select or ("nfr" if self.mode == "train" else "loss")
 
+    def trust(self) -> dict[str, Any]:
+        return {"allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
+
 
 def work_dir(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(f".{output.name}.work")
 
 
-class _Progress:
+class _History:
     """Epoch counter and per-epoch metrics, checkpointed with the accelerate state."""
 
     def __init__(self):
         self.epoch = 0
-        self.history: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []
 
     def state_dict(self):
-        return {"epoch": self.epoch, "history": json.dumps(self.history)}
+        return {"epoch": self.epoch, "history": json.dumps(self.epochs)}
 
     def load_state_dict(self, state):
-        self.epoch, self.history = state["epoch"], json.loads(state["history"])
+        self.epoch, self.epochs = state["epoch"], json.loads(state["history"])
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+# --------------------------------------------------------------------------------------- the run
 
 
-def _find_task(config: TrainConfig):
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run finetune / compatibility training end to end; returns the muscle_training.json content."""
+    recipe = Recipe(config)
+    try:
+        recipe.setup()
+        if not recipe.history.epochs:
+            recipe.history.epochs.append({"epoch": 0, "val": recipe.validate(0)})
+        for epoch in range(recipe.history.epoch + 1, recipe.config.epochs + 1):
+            train_stats = recipe.train_epoch(epoch)
+            recipe.history.epoch = epoch
+            recipe.history.epochs.append({"epoch": epoch, "train": train_stats, "val": recipe.validate(epoch)})
+            _save_checkpoint(recipe.accelerator, recipe.work / f"epoch-{epoch}", recipe.broadcast)
+    finally:
+        recipe.stop_progress()
+    return recipe.save()
+
+
+class Recipe:
+    """One training run's state; the methods are the steps :func:`train` calls in order."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.step_times: list[float] = []
+        self.teacher_mode: str | None = None
+        self.progress = None
+
+    def stop_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    # ------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+        from torch.utils.data import DataLoader
+        from transformers import get_linear_schedule_with_warmup
+
+        from pytest_modelcompat.progress import make_progress
+
+        self.config, self.task = preflight(self.config)       # every cheap check, before any model loads
+        config = self.config
+        self.output, self.work = Path(config.output), work_dir(config.output)
+        self.accelerator = Accelerator(cpu=config.device == "cpu",
+                                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        self.broadcast = broadcast_object_list
+        self.device = self.accelerator.device
+        # multi-CPU ranks report "cpu:0"; load_stack takes "cpu"
+        self.device_name = str(self.device) if self.device.type == "cuda" else self.device.type
+        self.main = self.accelerator.is_main_process
+        # One rich progress display for the whole run, on the main process only.
+        self.progress = make_progress(disable=not self.main)
+        self.progress.start()
+        set_seed(config.seed)
+        instances = _train_instances(self.task, config)
+        resuming = _claim_work_dir(self.work, config, self.task, self.main)
+        self.accelerator.wait_for_everyone()
+        self.train_inst, self.val_inst = split_train_val(instances, config.seed)
+
+        self.model, self.tokenizer, self.base = _student(config, self.device_name)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
+        self.old_val = self._old_val_predictions()
+        self.objective = self._objective()
+        train_items = self.objective.items(self.train_inst)
+        self.val_items = self.objective.items(self.val_inst, start=len(train_items))
+        self._attach_teacher_stores(train_items + self.val_items)
+
+        self.train_loader = DataLoader(train_items, batch_size=config.batch_size, shuffle=True,
+                                       collate_fn=self.objective.collate)
+        self.val_loader = DataLoader(self.val_items, batch_size=config.batch_size, shuffle=False,
+                                     collate_fn=self.objective.collate)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+        scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(self.train_loader) * config.epochs)
+        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
+            self.model, optimizer, self.train_loader, scheduler)
+        self.history = _History()
+        self.accelerator.register_for_checkpointing(self.history)
+        _adapter_checkpointing(self.accelerator)
+        latest = _latest_checkpoint(self.work) if resuming else None
+        if latest is not None:
+            self.accelerator.load_state(str(latest))
+
+    def _old_val_predictions(self):
+        """M1's predictions on the validation split (the gate's, cached): what NFR is measured against."""
+        if self.config.mode == "finetune":
+            return None
+        return self._teacher_predictions("old", self.val_inst)
+
+    def _teacher_predictions(self, which: str, instances):
+        from muscle.objectives import teacher_predictions
+        from pytest_modelcompat.cache import ResultCache, cache_home
+
+        config = self.config
+        ref = (config.old_adapter, config.old_base) if which == "old" else (config.new_adapter, config.base)
+        cache = None if config.no_cache else ResultCache(Path(config.cache) if config.cache else cache_home() / "results")
+        options = {"device": self.device_name, "dtype": config.dtype, **config.trust()}
+        preds = teacher_predictions(ref, self.task, instances, options=options, cache=cache,
+                                    batch_size=max(config.batch_size, 16), progress=self.progress,
+                                    label="M1" if which == "old" else "M2")
+        return {inst.id: p for inst, p in zip(instances, preds, strict=True)}
+
+    def _objective(self):
+        from muscle import objectives
+
+        config, unwrap = self.config, self.accelerator.unwrap_model
+        if config.mode == "finetune":
+            return objectives.TokenObjective(config, self.task, self.tokenizer, self.pad_id, device=self.device)
+        if config.objective in ("choice", "sequence"):
+            everything = self.train_inst + self.val_inst
+            teachers = {"old": self._teacher_predictions("old", everything),
+                        "new": self._teacher_predictions("new", everything)}
+            self.teacher_mode = "predictions"
+            if config.objective == "choice":
+                return objectives.ChoiceObjective(config, self.task, self.tokenizer, teachers, self.device,
+                                                  model_config=unwrap(self.model).config)
+            return objectives.SequenceObjective(config, self.task, self.tokenizer, self.pad_id, teachers, self.device)
+        # token: M1 resident on its own base (or precomputed below), M2 as a frozen adapter on ours
+        from muscle.losses.token import select_targets
+        from muscle.teachers import teacher_logits
+        from pytest_modelcompat.stack import load_stack
+
+        self.old_model = load_stack(config.old_adapter, config.old_base, device=self.device_name,
+                                    dtype=config.dtype, **config.trust()).model
+        self.teacher_mode = "resident"
+
+        def resident(model, batch):
+            labels = batch["labels"]
+            return (select_targets(teacher_logits(self.old_model, batch), labels)[0],
+                    select_targets(teacher_logits(unwrap(model), batch, NEW_TEACHER), labels)[0])
+
+        return objectives.TokenObjective(config, self.task, self.tokenizer, self.pad_id, teachers=resident,
+                                         device=self.device)
+
+    def _attach_teacher_stores(self, examples) -> None:
+        """Token objective with --precompute-teachers: both teachers' top-k logits to disk once, then
+        M1 and the second adapter are freed, so training holds only the student."""
+        if not (self.config.objective == "token" and self.config.precompute_teachers):
+            return
+        from muscle.teachers import TeacherStore, precompute
+
+        paths = (self.work / "teacher-m1.safetensors", self.work / "teacher-m2.safetensors")
+        if self.main:
+            for path, model, adapter in zip(paths, (self.old_model, self.model), (None, NEW_TEACHER), strict=True):
+                if not path.exists():  # a resumed run reuses them (the work dir is this run's: run.json)
+                    precompute(model, examples, path, k=self.config.top_k, batch_size=self.config.batch_size,
+                               pad_id=self.pad_id, device=self.device, adapter=adapter, progress=self.progress)
+        self.accelerator.wait_for_everyone()
+        stores = tuple(TeacherStore(path) for path in paths)
+        self.old_model = None
+        gc.collect()
+        self.model.delete_adapter(NEW_TEACHER)
+        self.objective.teachers = lambda model, batch: tuple(s.batch(batch["index"], self.device) for s in stores)
+        self.teacher_mode = "precomputed"
+
+    # ------------------------------------------------------------------------------- one epoch
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.train_loader.set_epoch(epoch)
+        self.model.train()
+        bar = self.progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=len(self.train_loader))
+        sums: dict[str, float] = {}
+        for batch in self.train_loader:
+            start = time.perf_counter()
+            loss, stats = self.objective.loss(self.model, batch)
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            self.step_times.append(time.perf_counter() - start)
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            self.progress.update(bar, advance=1,
+                                 description=f"epoch {epoch}/{self.config.epochs} loss {stats['loss']:.4f}")
+        return {key: value / len(self.train_loader) for key, value in sums.items()}
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Validation loss, and the gate's metrics of the student against M1 on the validation split."""
+        import torch
+
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for batch in self.val_loader:
+                n = len(batch) if isinstance(batch, list) else len(next(iter(_tensors(batch))))
+                total += self.objective.loss(model, batch)[0].item() * n
+                count += n
+        val: dict[str, Any] = {"loss": total / count}
+        if self.config.mode == "train" or self.task.kind == "multiple_choice":
+            preds = _predictions(model, self.tokenizer, self.task, self.val_inst, base=self.base,
+                                 label=f"epoch-{epoch}", device=self.device,
+                                 batch_size=max(self.config.batch_size, 16), progress=self.progress)
+            old = [self.old_val[inst.id] for inst in self.val_inst] if self.old_val else None
+            val |= _prediction_metrics(self.task, old, preds)
+        model.train()
+        return val
+
+    # ------------------------------------------------------------------------------------- save
+
+    def save(self) -> dict[str, Any]:
+        config = self.config
+        chosen = choose_epoch(self.history.epochs, config.selection(), self.task.kind, config.acc_tolerance)
+        record = {
+            "config": asdict(config),
+            "task": {"name": self.task.name, "kind": self.task.kind, "n_train": len(self.train_inst),
+                     "n_val": len(self.val_inst)},
+            "teachers": self.teacher_mode,
+            "epochs": self.history.epochs,
+            "chosen_epoch": chosen,
+            "selection": config.selection(),
+            "step_time_s": statistics.median(self.step_times) if self.step_times else None,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "num_processes": self.accelerator.num_processes,
+        }
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            with atomic_directory(self.output) as tmp:
+                if chosen == 0:   # nothing beat the starting point: A2 itself is the answer
+                    _copy_adapter_files(Path(config.new_adapter), tmp)
+                else:
+                    for item in (self.work / f"epoch-{chosen}" / "adapter").iterdir():
+                        shutil.copy2(item, tmp / item.name)
+                atomic_write(tmp / TRAINING_JSON, json.dumps(record, indent=1) + "\n")
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return record
+
+
+# ------------------------------------------------------------------------------------ preflight
+
+
+def preflight(config: TrainConfig):
+    """Every check that needs no model, in one place: (config with defaults filled in, resolved task).
+
+    Raises CompatInputError (one line naming the fix) on the first problem; writes nothing.
+    """
+    from muscle.losses import MASKS, OBJECTIVES
+    from muscle.losses.choice import NEW_TARGETS
+    from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, check_objective
     from pytest_modelcompat.suite import load_suite, resolve_task
-
-    tasks = {t.name: t for t in load_suite(config.suite)}
-    if config.task not in tasks:
-        raise CompatInputError(f"task {config.task!r} is not in {config.suite}; choose one of {', '.join(tasks)}")
-    return resolve_task(tasks[config.task])
-
-
-def _check_config(config: TrainConfig) -> None:
-    from muscle.loss import MASKS
 
     if config.mode == "train" and not (config.old_adapter and config.new_adapter):
         raise CompatInputError("muscle train needs --old-adapter A1 and --new-adapter A2")
@@ -110,47 +364,100 @@ def _check_config(config: TrainConfig) -> None:
         raise CompatInputError("muscle finetune needs --base (a model dir, hub name or .gguf file)")
     if config.mode == "finetune" and config.select == "nfr":
         raise CompatInputError("--select nfr needs an old model; use it with `muscle train`, or --select loss")
-    if config.mask not in MASKS:
+    if config.objective is not None and config.objective not in OBJECTIVES:
+        raise CompatInputError(f"--objective {config.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+    if config.mask is not None and config.mask not in MASKS:
         raise CompatInputError(f"--mask {config.mask!r} is unknown; choose one of {', '.join(MASKS)}")
+    if config.new_target not in NEW_TARGETS:
+        raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
     for name in ("epochs", "batch_size", "max_length", "rank", "top_k"):
         if getattr(config, name) < 1:
             raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer")
-    if not 0.0 <= config.ce_weight <= 1.0:
-        raise CompatInputError("--ce-weight must be between 0 and 1")
+    for name in ("ce_weight", "ensemble_weight"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise CompatInputError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if config.focal_weight < 0 or config.acc_tolerance < 0:
+        raise CompatInputError("--focal-weight and --acc-tolerance must be zero or positive")
     if config.temperature <= 0 or config.lr <= 0:
         raise CompatInputError("--temperature and --lr must be positive")
     if config.limit is not None and config.limit < 1:
         raise CompatInputError(f"--limit must be a positive integer, got {config.limit}")
     check_writable_dir(config.output, "--output")
-    if config.mode == "train":  # cheap checks before the first (slow) model load
-        from pytest_modelcompat.stack import check_stack_files, load_tokenizer
+    if config.cache and not config.no_cache:
+        check_writable_dir(config.cache, "--cache")
+    tasks = {t.name: t for t in load_suite(config.suite)}
+    if config.task not in tasks:
+        raise CompatInputError(f"task {config.task!r} is not in {config.suite}; choose one of {', '.join(tasks)}")
+    task = resolve_task(tasks[config.task])
+    if config.mode == "train":
+        objective = config.objective or DEFAULT_OBJECTIVE[task.kind]
+        config = dataclasses.replace(config, objective=objective, mask=config.mask or DEFAULT_MASK[objective])
+        check_objective(objective, config.mask, task.kind, task.name)
+        _check_stacks(config)
+    return config, task
 
-        old_base, new_base = (
-            check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
-            for which, adapter, base in (("old", config.old_adapter, config.old_base),
-                                         ("new", config.new_adapter, config.base))
-        )
-        # Before the adapters: an adapter on lm_head would otherwise fail first, as a shape error.
-        _same_vocabulary(load_tokenizer(old_base, trust_remote_code=config.trust_remote_code),
-                         load_tokenizer(new_base, trust_remote_code=config.trust_remote_code),
-                         config.old_adapter, config.new_adapter)
 
+def _check_stacks(config: TrainConfig) -> None:
+    from pytest_modelcompat.stack import check_stack_files, load_tokenizer
 
-def _same_vocabulary(old_tok, new_tok, old: str, new: str) -> None:
+    old_base, new_base = (
+        check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
+        for which, adapter, base in (("old", config.old_adapter, config.old_base),
+                                     ("new", config.new_adapter, config.base))
+    )
+    if config.objective != "token":
+        return  # choice/sequence learn from predictions: the stacks may tokenize differently
+    # Before the adapters: an adapter on lm_head would otherwise fail first, as a shape error.
+    old_tok = load_tokenizer(old_base, trust_remote_code=config.trust_remote_code)
+    new_tok = load_tokenizer(new_base, trust_remote_code=config.trust_remote_code)
     if old_tok.get_vocab() != new_tok.get_vocab():
         raise CompatInputError(
-            f"the old stack ({old}) and the new stack ({new}) have different tokenizer vocabularies; "
-            "token-level MUSCLE needs identical vocabularies — use bases that share a tokenizer")
+            f"the old stack ({config.old_adapter}) and the new stack ({config.new_adapter}) have different "
+            "tokenizer vocabularies; --objective token needs identical vocabularies — use --objective choice "
+            "(multiple choice) or --objective sequence (generation), which work across tokenizers")
+
+
+def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
+    """Make ``work`` this run's (``run.json``: config + train-data fingerprint); True when resuming.
+
+    A fresh run clears older checkpoints. ``--resume`` refuses, before anything is written, a
+    checkpoint made with another config or other data: continuing it would mix two runs.
+    """
+    identity = {"config": {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY},
+                "data": task.train_split().fingerprint()}
+    recorded = work / RUN_JSON
+    if config.resume and recorded.is_file():
+        before = json.loads(recorded.read_text())
+        if before != identity:
+            changed = sorted(k for k in set(before["config"]) | set(identity["config"])
+                             if before["config"].get(k) != identity["config"].get(k))
+            what = f"options {', '.join(changed)}" if changed else "train data"
+            raise CompatInputError(f"--resume: the checkpoint in {work} was made with other {what}; "
+                                   "rerun with the same options and data, or without --resume to start over")
+        return True
+    if main:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        atomic_write(recorded, json.dumps(identity, indent=1, default=str) + "\n")
+    return False
+
+
+# ------------------------------------------------------------------------------------ components
+
+
+def _train_instances(task, config: TrainConfig):
+    from pytest_modelcompat.suite import load_instances
+
+    return load_instances(task, split="train", limit=config.limit)
 
 
 def _student(config: TrainConfig, device: str):
-    """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER], tokenizer, base ref)."""
+    """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
     from peft import LoraConfig, get_peft_model
 
     from pytest_modelcompat.stack import attach_adapter, load_base, read_adapter_config
 
-    opts = {"device": device, "dtype": config.dtype, "allow_pickle": config.allow_pickle,
-            "trust_remote_code": config.trust_remote_code}
+    opts = {"device": device, "dtype": config.dtype, **config.trust()}
     if config.mode == "finetune":
         model, tokenizer, _ = load_base(config.base, **opts)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
@@ -161,30 +468,35 @@ def _student(config: TrainConfig, device: str):
         raise CompatInputError(f"adapter {config.new_adapter!r} does not name its base; pass --new-base")
     model, tokenizer, _ = load_base(base, **opts)
     model = attach_adapter(model, config.new_adapter, name=STUDENT, trainable=True, allow_pickle=config.allow_pickle)
-    attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
+    if config.objective == "token":
+        attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
     return model, tokenizer, model.base_model.model.name_or_path
 
 
-def _val_predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int):
+def _tensors(batch):
+    for value in batch.values():
+        if isinstance(value, dict):
+            yield from _tensors(value)
+        else:
+            yield value
+
+
+def _predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int, progress):
+    """The gate's predictions of the model being trained (not cached: it changes every epoch)."""
     from pytest_modelcompat import evaluate
     from pytest_modelcompat.stack import Stack
 
-    was_training = model.training
-    model.eval()
-    try:
-        stack = Stack(model=model, tokenizer=tokenizer, adapter=label, base=base, fingerprint=label,
-                      device=device)
-        return evaluate.predict(stack, task, instances, batch_size=batch_size)
-    finally:
-        model.train(was_training)
+    stack = Stack(model=model, tokenizer=tokenizer, adapter=label, base=base, fingerprint=label, device=device)
+    return evaluate.predict(stack, task, instances, batch_size=batch_size, progress=progress,
+                            description=f"validating {label}")
 
 
 def _prediction_metrics(task, old_preds, new_preds) -> dict[str, float | None]:
     from pytest_modelcompat.metrics import discriminative_metrics, generative_metrics
 
     if task.kind == "generative":
-        m = generative_metrics([p.score for p in old_preds] if old_preds else [p.score for p in new_preds],
-                               [p.score for p in new_preds])
+        new_scores = [p.score for p in new_preds]
+        m = generative_metrics([p.score for p in old_preds] if old_preds else new_scores, new_scores)
         return {"score": m["score_new"], "nfr_smooth": m["nfr_smooth"] if old_preds else None}
     new_correct = [bool(p.correct) for p in new_preds]
     if not old_preds:
@@ -194,188 +506,33 @@ def _prediction_metrics(task, old_preds, new_preds) -> dict[str, float | None]:
     return {"acc": m["acc_new"], "acc_old": m["acc_old"], "nfr": m["nfr"], "pfr": m["pfr"], "nfr_mc": m["nfr_mc"]}
 
 
-def _choose_epoch(history: list[dict[str, Any]], selection: str, kind: str) -> int:
-    trained = [h for h in history if h["epoch"] >= 1]
+def choose_epoch(history: list[dict[str, Any]], selection: str, kind: str, acc_tolerance: float = 0.005) -> int:
+    """The epoch to keep.
+
+    ``loss`` (finetune): the trained epoch with the lowest validation loss. ``nfr`` (train): among
+    all epochs, epoch 0 (the unchanged A2) included, those whose validation accuracy (score for
+    generative tasks) is at least epoch 0's − ``acc_tolerance``; of these the lowest validation NFR
+    (smooth NFR), then the higher accuracy, then the earlier epoch.
+    """
     if selection == "loss":
+        trained = [h for h in history if h["epoch"] >= 1]
         return min(trained, key=lambda h: (h["val"]["loss"], h["epoch"]))["epoch"]
-    flip = "nfr_smooth" if kind == "generative" else "nfr"
-    gain = "score" if kind == "generative" else "acc"
-    return min(trained, key=lambda h: (h["val"][flip], -h["val"][gain], h["epoch"]))["epoch"]
+    flip, gain = ("nfr_smooth", "score") if kind == "generative" else ("nfr", "acc")
+    floor = history[0]["val"][gain] - acc_tolerance
+    feasible = [h for h in history if h["epoch"] == 0 or h["val"][gain] >= floor - 1e-12]
+    return min(feasible, key=lambda h: (h["val"][flip], -h["val"][gain], h["epoch"]))["epoch"]
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run finetune / MUSCLE training end to end; returns the muscle_training.json content."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+def _copy_adapter_files(adapter: Path, out: Path) -> None:
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (adapter / name).is_file():
+            shutil.copy2(adapter / name, out / name)
+
+
+def _adapter_checkpointing(accelerator) -> None:
+    """Checkpoint only the student adapter (safetensors), not the frozen base weights."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup
-
-    from muscle.loss import muscle_loss, select_targets
-    from muscle.teachers import teacher_logits
-    from pytest_modelcompat.progress import make_progress
-
-    _check_config(config)
-    task = _find_task(config)
-    output, work = Path(config.output), work_dir(config.output)
-    accelerator = Accelerator(cpu=config.device == "cpu",
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    device = accelerator.device
-    device_name = str(device) if device.type == "cuda" else device.type  # multi-CPU ranks report "cpu:0"
-    set_seed(config.seed)
-    main = accelerator.is_main_process
-    if main and not config.resume:
-        shutil.rmtree(work, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
-    accelerator.wait_for_everyone()
-
-    train_inst, val_inst = split_train_val(_instances(task, config), config.seed)
-    model, tokenizer, base = _student(config, device_name)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_ex = build_examples(tokenizer, task, train_inst, config.max_length)
-    val_ex = build_examples(tokenizer, task, val_inst, config.max_length, start_index=len(train_ex))
-    predicts = config.mode == "train" or task.kind == "multiple_choice"
-
-    progress = make_progress(disable=not main)
-    progress.start()
-    try:
-        old_model = old_preds = stores = None
-        if config.mode == "train":
-            from pytest_modelcompat.stack import load_stack
-
-            old = load_stack(config.old_adapter, config.old_base, device=device_name, dtype=config.dtype,
-                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-            old_preds = _val_predictions(old.model, old.tokenizer, task, val_inst, base=old.base,
-                                         label="M1", device=device, batch_size=config.batch_size)
-            old_model = old.model
-            if config.precompute_teachers:
-                stores = _teacher_stores(config, work, accelerator, old_model, model, train_ex + val_ex,
-                                         pad_id, progress)
-                del old, old_model
-                old_model = None
-                import gc
-
-                gc.collect()
-                model.delete_adapter(NEW_TEACHER)
-
-        def batch_loss(student_model, batch) -> tuple[torch.Tensor, dict[str, float]]:
-            logits = student_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            student, targets, sequence = select_targets(logits, batch["labels"])
-            if config.mode == "finetune":
-                ce = torch.nn.functional.cross_entropy(student.float(), targets)
-                return ce, {"loss": ce.item()}
-            if stores:
-                m1, m2 = (s.batch(batch["index"], device) for s in stores)
-            else:
-                m1 = select_targets(teacher_logits(old_model, batch), batch["labels"])[0]
-                m2 = select_targets(teacher_logits(accelerator.unwrap_model(student_model), batch, NEW_TEACHER),
-                                    batch["labels"])[0]
-            return muscle_loss(student.float(), targets, sequence, m1, m2, mask=config.mask,
-                               temperature=config.temperature, ce_weight=config.ce_weight)
-
-        collate_fn = lambda examples: collate(examples, pad_id)  # noqa: E731
-        train_loader = DataLoader(train_ex, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn)
-        val_loader = DataLoader(val_ex, batch_size=config.batch_size, shuffle=False, collate_fn=collate_fn)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                      weight_decay=0.0)
-        scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(train_loader) * config.epochs)
-        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-        state = _Progress()
-        accelerator.register_for_checkpointing(state)
-        _adapter_checkpointing(accelerator, set_peft_model_state_dict, load_file)
-
-        def validate(epoch: int) -> dict[str, Any]:
-            student_model = accelerator.unwrap_model(model)
-            student_model.eval()
-            losses, weights = [], []
-            with torch.no_grad():
-                for batch in val_loader:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    losses.append(batch_loss(student_model, batch)[0].item())
-                    weights.append(int((batch["labels"][:, 1:] != -100).sum()))
-            student_model.train()
-            val = {"loss": sum(v * w for v, w in zip(losses, weights, strict=True)) / sum(weights)}
-            if predicts:
-                preds = _val_predictions(student_model, tokenizer, task, val_inst, base=base,
-                                         label=f"epoch-{epoch}", device=device, batch_size=config.batch_size)
-                val |= _prediction_metrics(task, old_preds, preds)
-            return val
-
-        latest = _latest_checkpoint(work) if config.resume else None
-        if latest is not None:
-            accelerator.load_state(str(latest))
-        else:
-            state.history = [{"epoch": 0, "val": validate(0)}]
-        step_times: list[float] = []
-        for epoch in range(state.epoch + 1, config.epochs + 1):
-            train_loader.set_epoch(epoch)
-            model.train()
-            bar = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(train_loader))
-            sums: dict[str, float] = {}
-            for batch in train_loader:
-                start = time.perf_counter()
-                loss, stats = batch_loss(model, batch)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                step_times.append(time.perf_counter() - start)
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                progress.update(bar, advance=1, description=f"epoch {epoch}/{config.epochs} loss {stats['loss']:.4f}")
-            train_stats = {key: value / len(train_loader) for key, value in sums.items()}
-            state.epoch = epoch
-            state.history.append({"epoch": epoch, "train": train_stats, "val": validate(epoch)})
-            _save_checkpoint(accelerator, work / f"epoch-{epoch}", broadcast_object_list)
-    finally:
-        progress.stop()
-
-    chosen = _choose_epoch(state.history, config.selection(), task.kind)
-    record = {
-        "config": asdict(config),
-        "task": {"name": task.name, "kind": task.kind, "n_train": len(train_ex), "n_val": len(val_ex)},
-        "teachers": None if config.mode == "finetune" else ("precomputed" if stores else "resident"),
-        "epochs": state.history,
-        "chosen_epoch": chosen,
-        "selection": config.selection(),
-        "step_time_s": statistics.median(step_times) if step_times else None,
-        "peak_rss_mb": _peak_rss_mb(),
-        "num_processes": accelerator.num_processes,
-    }
-    accelerator.wait_for_everyone()
-    if main:
-        with atomic_directory(output) as tmp:
-            for item in (work / f"epoch-{chosen}" / "adapter").iterdir():
-                shutil.copy2(item, tmp / item.name)
-            atomic_write(tmp / TRAINING_JSON, json.dumps(record, indent=1) + "\n")
-        shutil.rmtree(work, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return record
-
-
-def _instances(task, config: TrainConfig):
-    from pytest_modelcompat.suite import load_instances
-
-    return load_instances(task, split="train", limit=config.limit)
-
-
-def _teacher_stores(config, work: Path, accelerator, old_model, student_model, examples, pad_id, progress):
-    """Both teachers' top-k files (computed by the main process, reused on resume)."""
-    from muscle.teachers import TeacherStore, precompute
-
-    paths = (work / "teacher-m1.safetensors", work / "teacher-m2.safetensors")
-    if accelerator.is_main_process:
-        for path, model, adapter in zip(paths, (old_model, student_model), (None, NEW_TEACHER), strict=True):
-            if not (config.resume and path.exists()):
-                precompute(model, examples, path, k=config.top_k, batch_size=config.batch_size, pad_id=pad_id,
-                           device=accelerator.device, adapter=adapter, progress=progress)
-    accelerator.wait_for_everyone()
-    return tuple(TeacherStore(path) for path in paths)
-
-
-def _adapter_checkpointing(accelerator, set_peft_model_state_dict, load_file) -> None:
-    """Checkpoint only the student adapter (safetensors), not the frozen base weights."""
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:

@@ -93,9 +93,13 @@ def encode_request(tokenizer, context: str, continuations: Sequence[str]) -> lis
 
 def max_length(model, tokenizer) -> int:
     """The model's maximum sequence length, resolved exactly as HFLM resolves it."""
+    return _config_max_length(model.config, tokenizer)
+
+
+def _config_max_length(config, tokenizer) -> int:
     from lm_eval.models.utils import DEFAULT_MAX_LENGTH, resolve_max_length
 
-    return resolve_max_length(model.config, tokenizer, default=DEFAULT_MAX_LENGTH)
+    return resolve_max_length(config, tokenizer, default=DEFAULT_MAX_LENGTH)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +189,11 @@ def _attention_mask(config, allowed: torch.Tensor, position_ids: torch.Tensor, d
     return {"full_attention": additive(allowed), "sliding_attention": additive(windowed)}
 
 
-def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype) -> tuple[list[int], torch.Tensor]:
-    """Score one batch of trees; return (choice slots, summed continuation log-probs)."""
+def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
+                   config=None) -> tuple[list[int], torch.Tensor]:
+    """Score one batch of trees; return (choice slots, summed continuation log-probs).
+
+    ``config`` is the model's config when ``model`` is a wrapper without one (DDP in training)."""
     import torch
 
     width = max(tree.length for tree in trees)
@@ -216,7 +223,7 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype) ->
             scored_col += [p - 1, *(p + node for node in path)]
             scored_tok += continuation
             scored_slot += [slot] * len(continuation)
-    mask = _attention_mask(model.config, allowed, position_ids, dtype, device)
+    mask = _attention_mask(config or model.config, allowed, position_ids, dtype, device)
 
     # Map (row, column) of every kept position to its index in the flattened kept logits.
     flat_index = torch.cumsum(keep.flatten(), 0).view(rows, width) - 1
@@ -263,6 +270,24 @@ def loglikelihoods(
                 values[slot] = value
             advance(len(batch))
     return [values[first_slot[i]: first_slot[i + 1]] for i in range(len(requests))]
+
+
+def packed_choice_loglikelihoods(model, tokenizer, requests: Sequence[Request], *, device,
+                                 config=None) -> list[torch.Tensor]:
+    """The training form of :func:`loglikelihoods`: all requests in one packed forward, with
+    gradients (no inference mode), one tensor of choice log-likelihoods per request.
+
+    The same trees, tokenisation, masks and positions as the gate's scoring, so what the trainer
+    optimises is exactly what the gate measures. ``config``: the model's config when ``model``
+    is a training wrapper (DDP) that has none.
+    """
+    config = config or model.config
+    trees, first_slot = _build_trees(tokenizer, requests, _config_max_length(config, tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dtype = next(model.parameters()).dtype
+    slots, sums = _forward_trees(model, trees, pad_id, device, dtype, config=config)
+    order = sums[sorted(range(len(slots)), key=slots.__getitem__)]  # slot order; every slot is scored
+    return [order[first_slot[i]: first_slot[i + 1]] for i in range(len(requests))]
 
 
 # ---------------------------------------------------------------------------------------------

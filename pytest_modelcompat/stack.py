@@ -537,6 +537,19 @@ def check_stack_files(adapter: str | os.PathLike, base: str | os.PathLike | None
         raise named("adapter" if base is None else "base", exc) from None
 
 
+def stack_fingerprint(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *,
+                      dtype: str = "float32", allow_pickle: bool = False) -> str | None:
+    """The fingerprint :func:`load_stack` gives this stack, without loading the model, so cached
+    predictions can be found without it; None for a hub base (its identity is the hub commit,
+    known only once loaded)."""
+    _, load_from = _load_source(base_reference(adapter, base))
+    if not isinstance(load_from, Path):
+        return None
+    identity = {"files": _files_digest(_local_base_files(load_from, allow_pickle))}
+    base_fp = _sha256_json({"base": identity, "dtype": dtype})
+    return _sha256_json({"base": base_fp, "adapter": adapter_fingerprint(adapter, allow_pickle=allow_pickle)})
+
+
 def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *, device: str = "auto",
                dtype: str = "float32", merge: bool = False, allow_pickle: bool = False,
                trust_remote_code: bool = False) -> Stack:

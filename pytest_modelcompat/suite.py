@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -86,6 +87,13 @@ class TaskSpec:
     stop: tuple[str, ...] = ()
     metric: str = "rouge1"
     lm_eval: str | None = None  # an lm-eval task name, or an absolute path to an lm-eval task YAML
+    split: Literal["data", "train"] = "data"  # which split ``load_instances(task)`` reads
+
+    def train_split(self) -> TaskSpec:
+        """This task scored on its ``train:`` split (what ``muscle`` trains on): the same templates,
+        but its own fingerprint, so the result cache never mixes the two splits' instances."""
+        return dataclasses.replace(self, split="train", limit=None,
+                                   data=self.train if self.lm_eval is None else self.data)
 
     def fingerprint(self) -> str:
         """sha256 over everything that changes predictions: not ``name``, ``gate`` or ``limit``.
@@ -105,6 +113,8 @@ class TaskSpec:
             },
             "data_sha256": None if self.data is None else _file_sha256(self.data),
         }
+        if self.split != "data":  # only then: the eval split's fingerprints (and caches) stay as they were
+            payload["split"] = self.split
         if self.lm_eval is not None:
             from importlib.metadata import version
 
@@ -169,6 +179,8 @@ def load_instances(
     ``limit:`` for the eval split; the train split is only cut by an explicit ``limit``)."""
     if split not in ("data", "train"):
         raise ValueError(f"split must be 'data' or 'train', not {split!r}")
+    if task.split == "train":
+        split = "train"
     if limit is None and split == "data":
         limit = task.limit
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -79,7 +79,8 @@ def _run_killed_after(target: str, call: str, timeout: int = 300) -> subprocess.
 def _train_argv(project: Path, a1, a2, out: Path, *extra: str) -> list[str]:
     return ["train", "--suite", str(project / "modelcompat.yaml"), "--task", "yesno", "--old-adapter", str(a1),
             "--new-adapter", str(a2), "--output", str(out), "--epochs", "3", "--batch-size", "2", "--lr", "1e-2",
-            "--seed", "5", "--device", "cpu", "--precompute-teachers", "--top-k", "8", *extra]
+            "--seed", "5", "--device", "cpu", "--objective", "token", "--precompute-teachers", "--top-k", "8",
+            *extra]
 
 
 def test_killed_muscle_train_resumes_to_the_same_adapter(project, tiny_adapter, tiny_adapter_v2, tmp_path):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from muscle.loss import TopKLogits, compatibility_mask, kl_to_student, muscle_loss, select_targets
+from muscle.losses.token import TopKLogits, compatibility_mask, kl_to_student, muscle_loss, select_targets
 
 LN3 = math.log(3)
 

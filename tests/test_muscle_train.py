@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from muscle import cli, trainer
+from muscle.data import split_train_val
 
 WORDS = "cat dog jar movie Anna Bob lunch noon spoon mat".split()   # one token each (with a space)
 FILLERS = "the on sat ate hi sure at two".split()
@@ -30,6 +31,14 @@ SUITE = """tasks:
     text: ""
     target: "{{{{text}}}}"
     delimiter: ""
+  - name: say
+    kind: exact_match
+    data: val.jsonl
+    train: {train}
+    text: "Item {{{{filler}}}} {{{{word}}}}"
+    target: "{{{{ ['yes', 'no'][label] }}}}"
+    extract: "(yes|no)"
+    max_new_tokens: 1
 """
 # Learnable by a tiny random Llama: the word is the last prompt token, so a LoRA on lm_head can read
 # it off; A1's training data has the labels of {jar, movie} flipped, A2's those of {cat, dog}, so
@@ -48,6 +57,13 @@ def task_dir(tmp_path_factory):
     for name, flipped in (("train", set()), ("train_v1", {"jar", "movie"}), ("train_v2", {"cat", "dog"})):
         _write_rows(d / f"{name}.jsonl", [dict(r, label=1 - r["label"]) if r["word"] in flipped else r for r in rows])
         (d / f"suite_{name}.yaml").write_text(SUITE.format(train=f"{name}.jsonl"))
+    # Training part labelled like A2 (cat/dog flipped), validation part true: cross-entropy learns A2's
+    # errors there, while M1 (which gets cat/dog right) still knows better.
+    train_part, _ = split_train_val(list(range(len(rows))), seed=0)
+    noisy = [dict(r, label=1 - r["label"]) if i in set(train_part) and r["word"] in {"cat", "dog"} else r
+             for i, r in enumerate(rows)]
+    _write_rows(d / "train_noisy.jsonl", noisy)
+    (d / "suite_train_noisy.yaml").write_text(SUITE.format(train="train_noisy.jsonl"))
     _write_rows(d / "val.jsonl", rows[:20])
     _write_rows(d / "text.jsonl", [{"text": f"The {r['word']} {r['filler']} the mat."} for r in rows])
     return d
@@ -73,25 +89,91 @@ def _adapter_tensors(path):
     return load_file(path / "adapter_model.safetensors")
 
 
-def test_muscle_train_cuts_validation_nfr_and_keeps_accuracy(task_dir, adapters, tiny_base_v2, tmp_path):
+# The budget that made A1 (10 epochs at lr 2e-2): enough for a tiny random model to converge.
+EPOCHS = "10"
+
+
+def _train(task_dir, adapters, out, data, task, *extra, epochs=EPOCHS):
+    a1, a2 = adapters
+    argv = ["train", "--suite", str(task_dir / f"suite_{data}.yaml"), "--task", task, "--old-adapter", str(a1),
+            "--new-adapter", str(a2), "--output", str(out), "--epochs", epochs, "--lr", "2e-2", "--batch-size", "8",
+            "--device", "cpu", "--no-cache", *extra]
+    assert cli.main(argv) == 0
+    return _record(out)
+
+
+def _nfr(record, epoch=int(EPOCHS)):
+    """Validation NFR at a fixed epoch (never the selected one: selection would make the test circular)."""
+    return next(h for h in record["epochs"] if h["epoch"] == epoch)["val"]["nfr"]
+
+
+# task → its default compatibility objective
+OBJECTIVE = {"pick": "choice", "say": "sequence"}
+
+
+@pytest.mark.parametrize("task", ["pick", "say"])
+def test_objective_moves_validation_nfr_where_cross_entropy_does_not(task_dir, adapters, tmp_path, task):
+    # Training rows labelled as A2 answers: cross-entropy from A2 has nothing to learn from them, so
+    # its negative flips (words A1 gets right, A2 wrong) stay; imitating M1 (mask none) removes them.
+    objective = ["--objective", OBJECTIVE[task]]
+    ce = _train(task_dir, adapters, tmp_path / "ce", "train_noisy", task, *objective, "--ce-weight", "1")
+    start = _nfr(ce, 0)
+    assert start >= 0.1                                    # the stacks really disagree
+    assert _nfr(ce) >= start - 0.05
+    compat = _train(task_dir, adapters, tmp_path / "compat", "train_noisy", task, *objective, "--mask", "none")
+    assert _nfr(compat, 0) == start
+    assert _nfr(compat) <= start / 2
+    assert compat["epochs"][-1]["val"]["acc"] > compat["epochs"][0]["val"]["acc"]
+    assert compat["teachers"] == "predictions" and compat["config"]["objective"] == OBJECTIVE[task]
+
+
+def _inverted_mask(monkeypatch):
+    from muscle.losses import choice, sequence
+
+    original_instance, original_pick = choice.instance_mask, sequence.pick_targets
+    monkeypatch.setattr(choice, "instance_mask", lambda *args: 1 - original_instance(*args))
+    monkeypatch.setattr(sequence, "pick_targets", lambda *args: [not m for m in original_pick(*args)])
+
+
+def _swapped_teachers(monkeypatch):
+    from muscle import objectives
+
+    for cls in (objectives.ChoiceObjective, objectives.SequenceObjective):
+        def swapped_init(self, *args, _init=cls.__init__, **kwargs):
+            _init(self, *args, **kwargs)
+            self.old, self.new = self.new, self.old
+
+        monkeypatch.setattr(cls, "__init__", swapped_init)
+
+
+@pytest.mark.parametrize("task", ["pick", "say"])
+@pytest.mark.parametrize("break_it", [_inverted_mask, _swapped_teachers], ids=["inverted-mask", "swapped-teachers"])
+def test_the_same_run_with_a_broken_mask_or_teachers_does_not_move_nfr(task_dir, adapters, tmp_path, monkeypatch,
+                                                                      task, break_it):
+    # The run above, with the mask inverted (M2 wherever it said M1) or the teachers swapped: the
+    # student imitates A2, its own starting point, and A2's negative flips stay.
+    break_it(monkeypatch)
+    record = _train(task_dir, adapters, tmp_path / "compat", "train_noisy", task, "--objective", OBJECTIVE[task],
+                    "--mask", "none")
+    assert _nfr(record) > _nfr(record, 0) / 2
+
+
+def test_token_objective_cuts_validation_nfr(task_dir, adapters, tmp_path):
+    # The paper's loss and mask on true labels (argparse: the later --lr wins).
+    record = _train(task_dir, adapters, tmp_path / "token", "train", "pick", "--objective", "token", "--lr", "1e-2",
+                    epochs="6")
+    assert record["teachers"] == "resident"
+    assert {"loss", "kl", "ce", "mask_old"} <= set(record["epochs"][1]["train"])
+    assert _nfr(record, 6) < _nfr(record, 0)
+
+
+def test_output_is_a_peft_adapter_for_the_new_base(task_dir, adapters, tiny_base_v2, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    a1, a2 = adapters
     out = tmp_path / "compat"
-    code = cli.main(["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter",
-                     str(a1), "--new-adapter", str(a2), "--output", str(out), "--epochs", "6", "--lr", "1e-2",
-                     "--batch-size", "8", "--device", "cpu"])
-    assert code == 0
-    record = _record(out)
-    start = record["epochs"][0]["val"]                    # epoch 0 = the student before training = A2
-    chosen = next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"]
-    assert start["nfr"] > 0.1                             # the stacks really disagree
-    assert chosen["nfr"] < start["nfr"]
-    assert chosen["acc"] >= start["acc"] - 0.01
-    assert record["teachers"] == "resident" and record["chosen_epoch"] >= 1
-    assert {"loss", "kl", "ce", "mask_old"} <= set(record["epochs"][1]["train"])
-    # OUT is a standard PEFT adapter dir for the new base; no work dir is left behind.
+    record = _train(task_dir, adapters, out, "train", "pick", epochs="1")
+    assert record["chosen_epoch"] in (0, 1)
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_v2), out)
     assert not trainer.work_dir(out).exists()
 
@@ -102,7 +184,7 @@ def test_precomputed_full_vocab_teachers_match_resident(task_dir, adapters, tmp_
     for name, extra in (("resident", []), ("precomputed", ["--precompute-teachers", "--top-k", "100000"])):
         args = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter", str(a1),
                 "--new-adapter", str(a2), "--output", str(tmp_path / name), "--epochs", "1", "--lr", "1e-2",
-                "--batch-size", "8", "--device", "cpu", "--mask", "ll-seq", *extra]
+                "--batch-size", "8", "--device", "cpu", "--objective", "token", "--mask", "ll-seq", *extra]
         assert cli.main(args) == 0
         runs[name] = _record(tmp_path / name)
     assert runs["precomputed"]["teachers"] == "precomputed"
@@ -179,6 +261,7 @@ def test_vocabulary_mismatch_is_refused(task_dir, adapters, tmp_path, capsys):
     a1, a2 = adapters
     code = cli.main(["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter",
                      str(a1), "--old-base", str(other_base), "--new-adapter", str(a2), "--output",
-                     str(tmp_path / "x"), "--device", "cpu"])
+                     str(tmp_path / "x"), "--device", "cpu", "--objective", "token"])
     assert code == 2
-    assert "different tokenizer vocabularies" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different tokenizer vocabularies" in err and "--objective choice" in err

@@ -1,4 +1,4 @@
-r"""The MUSCLE loss (SPEC §3) and its mask strategies.
+r"""The ``token`` objective: the MUSCLE paper's loss (arXiv 2407.09435) and its mask strategies.
 
 Everything here works on *target tokens only*: ``select_targets`` turns a batch of causal-LM logits
 and labels (``-100`` = prompt or padding) into one row per target token, so padding never enters.
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-MASKS = ("paper", "ll-token", "ll-seq", "old-correct", "none")
+from muscle.losses import MASKS
 
 
 @dataclass
@@ -77,7 +77,9 @@ def kl_to_student(teacher: Teacher, student: torch.Tensor, temperature: float) -
         log_q = log_q.gather(-1, teacher.indices)
     else:
         log_p = F.log_softmax(teacher / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    p = log_p.exp()
+    # xlogy: a teacher probability of exactly 0 (a −inf logit) contributes 0, not 0·(−inf) = NaN.
+    return (torch.xlogy(p, p) - p * log_q).sum(-1)
 
 
 def gold_logprob(teacher: Teacher, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,231 @@
+"""What the trainer optimises, per ``--objective``: training items, batching, and the batch loss.
+
+Every objective has the same shape, so the recipe (muscle/trainer.py) reads the same for all:
+
+    objective.items(instances, start)  → the dataset items of one split (train or validation)
+    objective.collate(items)           → one batch
+    objective.loss(model, batch)       → (loss, stats for logging)
+
+- ``finetune``: cross-entropy on the gold continuation (what makes A1 and A2);
+- ``token``: the paper's per-token masked KL (muscle/losses/token.py); teachers' logits come from
+  resident teachers or the precomputed top-k store (muscle/teachers.py);
+- ``choice``: KL between choice distributions (muscle/losses/choice.py); the student's choice
+  log-likelihoods come from the scoring engine's packed trees, with gradients; the teachers' are
+  the gate's cached predictions on the train split (:func:`teacher_predictions`);
+- ``sequence``: cross-entropy on the better teacher's greedy output (muscle/losses/sequence.py),
+  also from the gate's cached predictions.
+
+``choice`` and ``sequence`` hold no teacher model while training and only ever see the teachers'
+*predictions*, so old and new stacks may have different tokenizers and architectures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from muscle.data import build_examples, collate
+from pytest_modelcompat.errors import CompatInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_modelcompat.evaluate import Prediction
+    from pytest_modelcompat.suite import Instance, TaskSpec
+
+# The objective `muscle train` uses when --objective is not given, per task kind (measured:
+# benchmarks/results/compat.md). Both work across tokenizers.
+DEFAULT_OBJECTIVE = {"multiple_choice": "choice", "exact_match": "sequence", "generative": "sequence"}
+# The mask each objective uses when --mask is not given.
+DEFAULT_MASK = {"token": "paper", "choice": "old-correct", "sequence": "paper"}
+OBJECTIVE_KINDS = {"token": ("multiple_choice", "exact_match", "generative"),
+                   "choice": ("multiple_choice",), "sequence": ("exact_match", "generative")}
+
+
+def check_objective(objective: str, mask: str, kind: str, task_name: str) -> None:
+    """One line naming the fix when an objective does not fit the task kind or the mask."""
+    from muscle.losses.sequence import SEQUENCE_MASKS
+
+    if kind not in OBJECTIVE_KINDS[objective]:
+        fits = [name for name, kinds in OBJECTIVE_KINDS.items() if kind in kinds]
+        raise CompatInputError(f"--objective {objective} does not apply to task {task_name!r} ({kind}); "
+                               f"use --objective {' or '.join(fits)}")
+    if objective == "sequence" and mask not in SEQUENCE_MASKS:
+        raise CompatInputError(f"--mask {mask} needs the teachers' log-likelihoods of the gold text, which the "
+                               f"sequence objective does not have; use --mask {', '.join(SEQUENCE_MASKS)}")
+
+
+def teacher_predictions(stack_ref: tuple[str, str | None], task: TaskSpec, instances: list[Instance], *,
+                        options: dict[str, Any], cache, batch_size: int, progress=None,
+                        label: str) -> list[Prediction]:
+    """The gate's own predictions of one teacher stack on the train split (``task.train_split()``),
+    through the shared result cache: computed once per (stack, train data), then read back. The
+    stack is loaded only when something is missing, and freed before training starts."""
+    import gc
+
+    from pytest_modelcompat import evaluate
+    from pytest_modelcompat.stack import load_stack, stack_fingerprint
+
+    train_task = task.train_split()
+    fingerprint = stack_fingerprint(*stack_ref, dtype=options["dtype"], allow_pickle=options["allow_pickle"])
+    if cache is not None and fingerprint is not None:
+        found = cache.get_many(fingerprint, train_task.fingerprint(), [inst.id for inst in instances])
+        preds = [evaluate.Prediction.from_cached(found[i.id], train_task, i) if i.id in found else None
+                 for i in instances]
+        if all(p is not None for p in preds):
+            return preds
+    stack = load_stack(*stack_ref, **options)
+    try:
+        return evaluate.predict(stack, train_task, instances, cache=cache, batch_size=batch_size,
+                                progress=progress, description=f"{label} on the train split")
+    finally:
+        del stack
+        gc.collect()
+
+
+# ------------------------------------------------------------------------------------ finetune / token
+
+
+class TokenObjective:
+    """``finetune`` (cross-entropy) and ``token`` (MUSCLE's per-token KL): gold continuations."""
+
+    def __init__(self, config, task: TaskSpec, tokenizer, pad_id: int, teachers=None, device=None):
+        self.config, self.task, self.tokenizer, self.pad_id = config, task, tokenizer, pad_id
+        self.teachers = teachers   # callable(model, batch) → (M1, M2) logits or top-k; None: finetune
+        self.device = device
+
+    def items(self, instances: list[Instance], start: int = 0):
+        return build_examples(self.tokenizer, self.task, instances, self.config.max_length, start_index=start)
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        return collate(items, self.pad_id)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch
+
+        from muscle.losses.token import muscle_loss, select_targets
+
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        student, targets, sequence = select_targets(logits, batch["labels"])
+        if self.teachers is None:
+            ce = torch.nn.functional.cross_entropy(student.float(), targets)
+            return ce, {"loss": ce.item()}
+        m1, m2 = self.teachers(model, batch)
+        return muscle_loss(student.float(), targets, sequence, m1, m2, mask=self.config.mask,
+                           temperature=self.config.temperature, ce_weight=self.config.ce_weight)
+
+
+# ------------------------------------------------------------------------------------------- choice
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    instance: Instance
+    old_logliks: tuple[float, ...]
+    new_logliks: tuple[float, ...]
+
+
+class ChoiceObjective:
+    """Multiple choice: the student's choice distribution towards M1's / M2's / their ensemble's."""
+
+    def __init__(self, config, task: TaskSpec, tokenizer, teachers: dict[str, dict[str, Prediction]], device,
+                 model_config):
+        self.config, self.task, self.tokenizer, self.device = config, task, tokenizer, device
+        self.old, self.new = teachers["old"], teachers["new"]
+        self.model_config = model_config
+
+    def items(self, instances: list[Instance], start: int = 0) -> list[ChoiceItem]:
+        return [ChoiceItem(inst, tuple(self.old[inst.id].logliks), tuple(self.new[inst.id].logliks))
+                for inst in instances]
+
+    def collate(self, items: list[ChoiceItem]) -> list[ChoiceItem]:
+        return items
+
+    def loss(self, model, items: list[ChoiceItem]) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch
+
+        from muscle.losses.choice import choice_loss
+        from pytest_modelcompat.engine import packed_choice_loglikelihoods
+
+        delimiter = self.task.delimiter
+        requests = [(it.instance.context, [delimiter + c for c in it.instance.choices]) for it in items]
+        per_request = packed_choice_loglikelihoods(model, self.tokenizer, requests, device=self.device,
+                                                   config=self.model_config)
+        width = max(len(it.instance.choices) for it in items)
+
+        def padded(rows):
+            out = torch.full((len(items), width), float("-inf"), device=self.device)
+            for r, row in enumerate(rows):
+                out[r, :len(row)] = row if isinstance(row, torch.Tensor) else torch.tensor(row)
+            return out
+
+        lengths = None
+        if self.task.normalize:  # acc_norm: log-likelihood per character of the choice, as the gate decides
+            lengths = padded([[float(len(c)) for c in it.instance.choices] for it in items]).clamp_min(1.0)
+        student = padded([row.float() for row in per_request])
+        gold = torch.tensor([it.instance.gold for it in items], device=self.device)
+        c = self.config
+        return choice_loss(student, padded([it.old_logliks for it in items]), padded([it.new_logliks for it in items]),
+                           gold, lengths=lengths, mask=c.mask, temperature=c.temperature, new_target=c.new_target,
+                           ensemble_weight=c.ensemble_weight, focal_weight=c.focal_weight, ce_weight=c.ce_weight)
+
+
+# ----------------------------------------------------------------------------------------- sequence
+
+
+class SequenceObjective:
+    """Generation: cross-entropy on M1's output where M1 did better, else M2's (+ CE on the gold)."""
+
+    def __init__(self, config, task: TaskSpec, tokenizer, pad_id: int, teachers: dict[str, dict[str, Prediction]],
+                 device):
+        self.config, self.task, self.tokenizer, self.pad_id, self.device = config, task, tokenizer, pad_id, device
+        self.old, self.new = teachers["old"], teachers["new"]
+
+    def _score(self, prediction: Prediction) -> float:
+        if self.task.kind == "exact_match":
+            return float(bool(prediction.correct))
+        return float(prediction.score)
+
+    def items(self, instances: list[Instance], start: int = 0):
+        from dataclasses import replace
+
+        from muscle.losses.sequence import focal_weights, pick_targets, target_texts
+
+        old_scores = [self._score(self.old[i.id]) for i in instances]
+        new_scores = [self._score(self.new[i.id]) for i in instances]
+        use_old = pick_targets(self.config.mask, old_scores, new_scores)
+        texts = target_texts(use_old, [self.old[i.id].text for i in instances],
+                             [self.new[i.id].text for i in instances], [str(i.gold) for i in instances])
+        weights = focal_weights(old_scores, new_scores, self.config.focal_weight)
+        # The teacher text follows the context directly, as the gate generated it (no delimiter).
+        as_target = [replace(inst, gold=text) for inst, text in zip(instances, texts, strict=True)]
+        target_task = replace(self.task, delimiter="")
+        targets = build_examples(self.tokenizer, target_task, as_target, self.config.max_length, start_index=start)
+        golds = build_examples(self.tokenizer, self.task, instances, self.config.max_length, start_index=start)
+        return [(t, g, w, m) for t, g, w, m in zip(targets, golds, weights, use_old, strict=True)]
+
+    def collate(self, items):
+        import torch
+
+        return {"target": collate([t for t, _, _, _ in items], self.pad_id),
+                "gold": collate([g for _, g, _, _ in items], self.pad_id),
+                "weight": torch.tensor([w for _, _, w, _ in items]),
+                "use_old": torch.tensor([float(m) for _, _, _, m in items])}
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from muscle.losses.sequence import sequence_loss
+
+        def ce(part, weights):
+            ids = part["input_ids"].to(self.device)
+            logits = model(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
+            return sequence_loss(logits, part["labels"].to(self.device), weights.to(self.device))
+
+        comp = ce(batch["target"], batch["weight"])
+        stats = {"kl": comp.item(), "mask_old": batch["use_old"].mean().item()}
+        w = self.config.ce_weight
+        if not w:
+            return comp, stats | {"loss": comp.item()}
+        gold = ce(batch["gold"], batch["weight"].new_ones(batch["weight"].shape))
+        loss = (1 - w) * comp + w * gold
+        return loss, stats | {"loss": loss.item(), "ce": gold.item()}

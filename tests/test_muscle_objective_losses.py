@@ -1,0 +1,127 @@
+"""The choice and sequence objectives' losses, masks and target rules against hand computations,
+and epoch selection on hand-written histories."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from muscle.losses.choice import choice_loss, instance_mask
+from muscle.losses.sequence import focal_weights, pick_targets, sequence_loss, target_texts
+from muscle.losses.token import kl_to_student
+from muscle.trainer import choose_epoch
+
+LN3 = math.log(3)
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True) if pi > 0)
+
+
+def test_choice_loss_equals_hand_computation():
+    # Two instances, two choices, gold = 0 for both, T = 1.
+    # instance 0: M1 (ln 3, 0) → (3/4, 1/4), right; M2 (0, ln 3) → (1/4, 3/4); student uniform.
+    # instance 1: M1 (0, ln 3) → wrong; M2 (ln 3, 0); student (ln 3, 0) → (3/4, 1/4).
+    student = t([0.0, 0.0], [LN3, 0.0])
+    old, new = t([LN3, 0.0], [0.0, LN3]), t([0.0, LN3], [LN3, 0.0])
+    gold = torch.tensor([0, 0])
+    loss, stats = choice_loss(student, old, new, gold, mask="old-correct", temperature=1.0)
+    # old-correct: instance 0 → M1's (3/4, 1/4); instance 1 → M2's (3/4, 1/4).
+    expected = (kl([0.75, 0.25], [0.5, 0.5]) + kl([0.75, 0.25], [0.75, 0.25])) / 2
+    assert loss.item() == pytest.approx(expected)
+    assert stats["mask_old"] == 0.5
+
+
+def test_choice_loss_ensemble_focal_and_ce():
+    student = t([0.0, 0.0], [LN3, 0.0])
+    old, new = t([LN3, 0.0], [0.0, LN3]), t([0.0, LN3], [LN3, 0.0])
+    gold = torch.tensor([0, 0])
+    # paper mask: instance 0 student (tie → argmax 0) right → new target; instance 1 right → new target.
+    # ensemble w = 0.5: instance 0: ½(3/4,1/4) + ½(1/4,3/4) = (1/2, 1/2); instance 1: ½(1/4,3/4)+½(3/4,1/4) = (½, ½).
+    # focal f = 1: instance 0 (M1 right) weighs 2, instance 1 weighs 1.
+    loss, _ = choice_loss(student, old, new, gold, mask="paper", temperature=1.0, new_target="ensemble",
+                          ensemble_weight=0.5, focal_weight=1.0, ce_weight=0.25)
+    kls = [kl([0.5, 0.5], [0.5, 0.5]), kl([0.5, 0.5], [0.75, 0.25])]
+    comp = (2 * kls[0] + kls[1]) / 3
+    ce = (-math.log(0.5) - math.log(0.75)) / 2
+    assert loss.item() == pytest.approx(0.75 * comp + 0.25 * ce)
+
+
+def test_choice_temperature_and_length_normalisation():
+    # acc_norm: ℓ / length; lengths (2, 1): student (2, 1) → (1, 1) uniform; M1 (4 ln 3, 0) → (2 ln 3, 0), at T = 2
+    # → (ln 3, 0) → (3/4, 1/4).
+    student, old = t([2.0, 1.0]), t([4 * LN3, 0.0])
+    loss, _ = choice_loss(student, old, old, torch.tensor([0]), lengths=t([2.0, 1.0]), mask="none", temperature=2.0)
+    assert loss.item() == pytest.approx(kl([0.75, 0.25], [0.5, 0.5]))
+
+
+def test_choice_masks_at_instance_level():
+    log = torch.log
+    student = log(t([0.4, 0.6], [0.7, 0.3]))       # argmax 1 (wrong), 0 (right); gold 0 for both
+    old = log(t([0.6, 0.4], [0.2, 0.8]))           # M1: right, wrong; p(gold) 0.6 > 0.4, 0.2 < 0.7
+    gold = torch.tensor([0, 0])
+    assert instance_mask("paper", student, old, gold).tolist() == [1.0, 0.0]
+    assert instance_mask("ll-token", student, old, gold).tolist() == [1.0, 0.0]
+    assert instance_mask("ll-seq", student, old, gold).tolist() == [1.0, 0.0]
+    assert instance_mask("old-correct", student, old, gold).tolist() == [1.0, 0.0]
+    assert instance_mask("none", student, old, gold).tolist() == [1.0, 1.0]
+    old_wrong_first = log(t([0.2, 0.8], [0.6, 0.4]))
+    assert instance_mask("old-correct", student, old_wrong_first, gold).tolist() == [0.0, 1.0]
+
+
+def test_padded_choices_and_zero_probability_teachers_give_no_nan():
+    inf = float("inf")
+    student = t([0.0, 0.0, -inf], [0.0, 1.0, 2.0]).requires_grad_()
+    old = t([-inf, 0.0, -inf], [0.0, -inf, 0.0])      # a teacher certain of one choice; a padded third choice
+    loss, _ = choice_loss(student, old, old, torch.tensor([1, 0]), mask="none", temperature=1.0)
+    loss.backward()
+    assert math.isfinite(loss.item()) and torch.isfinite(student.grad).all()
+    z = 1 + math.e + math.e ** 2
+    expected = (math.log(2) + kl([0.5, 0.5], [1 / z, math.e ** 2 / z])) / 2
+    assert loss.item() == pytest.approx(expected)
+    # token objective: a −inf teacher logit is a zero probability, not NaN
+    assert math.isfinite(kl_to_student(t([0.0, -inf]), t([0.0, 0.0]), 1.0).item())
+
+
+def test_sequence_targets_follow_the_rule_and_its_tie_break():
+    old, new = [1.0, 0.0, 0.5, 0.5], [0.0, 1.0, 0.5, 0.2]
+    assert pick_targets("paper", old, new) == [True, False, False, True]        # ties keep M2's output
+    assert pick_targets("old-correct", old, new) == [True, False, True, True]   # ties go to M1
+    assert pick_targets("none", old, new) == [True] * 4
+    with pytest.raises(ValueError, match="not defined for the sequence objective"):
+        pick_targets("ll-seq", old, new)
+    texts = target_texts([True, False, True], [" a", " b", "  "], [" x", " ", " z"], ["g1", "g2", "g3"])
+    assert texts == [" a", " b", " z"]     # chosen; empty → the other teacher's; (both empty → gold)
+    assert target_texts([True], [""], [""], ["gold"]) == ["gold"]
+    assert focal_weights([1.0, 0.0, 0.4], [0.0, 1.0, 0.4], 2.0) == [3.0, 1.0, 3.0]
+
+
+def test_sequence_loss_weights_rows():
+    # Two rows, one target token each (position 0 predicts label at 1); logits uniform over 2 tokens → CE ln 2
+    # for row 0; row 1 has logit (ln 3, 0) with label 0 → CE = ln(4/3).
+    logits = t([[0.0, 0.0], [0.0, 0.0]], [[LN3, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([[-100, 1], [-100, 0]])
+    loss = sequence_loss(logits, labels, t(1.0, 3.0))
+    assert loss.item() == pytest.approx((math.log(2) + 3 * math.log(4 / 3)) / 4)
+
+
+def _history(*rows):
+    return [{"epoch": e, "val": {"acc": acc, "nfr": nfr, "loss": loss}} for e, acc, nfr, loss in rows]
+
+
+def test_selection_keeps_epoch_zero_unless_a_trained_epoch_is_better_within_tolerance():
+    # epoch 1 cuts NFR but loses 2 pt of accuracy (tolerance 0.5 pt): not eligible; epoch 2 is.
+    history = _history((0, 0.70, 0.05, 1.0), (1, 0.68, 0.01, 0.9), (2, 0.697, 0.03, 0.8))
+    assert choose_epoch(history, "nfr", "multiple_choice", acc_tolerance=0.005) == 2
+    assert choose_epoch(history, "nfr", "multiple_choice", acc_tolerance=0.05) == 1
+    worse = _history((0, 0.70, 0.02, 1.0), (1, 0.71, 0.03, 0.9))
+    assert choose_epoch(worse, "nfr", "multiple_choice") == 0          # never worse than A2 on validation
+    assert choose_epoch(worse, "loss", "multiple_choice") == 1         # finetune: trained epochs by loss
+    generative = [{"epoch": e, "val": {"score": s, "nfr_smooth": n}} for e, s, n in ((0, 0.30, 0.4), (1, 0.31, 0.3))]
+    assert choose_epoch(generative, "nfr", "generative") == 1
