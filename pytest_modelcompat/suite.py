@@ -526,6 +526,12 @@ def _render_instance(
     context = _as_text(_render(templates["text"], row, where, "text"), where, "text")
     if task.kind == "multiple_choice":
         choices = _render_choices(templates["choices"], row, where)
+        if task.normalize and "" in choices:
+            # acc_norm divides each choice's log-likelihood by its length in characters
+            raise CompatInputError(
+                f"{where}: choice {choices.index('')} rendered empty and `normalize: true` divides by "
+                "each choice's length; give every choice text or set `normalize: false`"
+            )
         label = _render(templates["label"], row, where, "label")
         # lm-eval reads digits as an index only from a rendered template, not from a bare field
         if task.label not in row and isinstance(label, str) and label.isdigit() and label.isascii():

@@ -338,6 +338,20 @@ def test_template_errors_are_input_errors(suite_dir):
         load_instances(spec)
 
 
+def test_normalize_with_an_empty_choice_is_an_input_error_not_a_division_by_zero(suite_dir):
+    rows = [ROWS[0], {"idx": 9, "goal": "Sit", "sol1": "use a chair", "sol2": "", "label": 0}]
+    write_jsonl(suite_dir / "data" / "valid.jsonl", rows)
+    [plain] = load_suite(write_suite(suite_dir, [mc_task()]))
+    assert load_instances(plain)[1].choices == ("use a chair", "")  # acc (no division) accepts it
+    [spec] = load_suite(write_suite(suite_dir, [mc_task(normalize=True)]))
+    with pytest.raises(CompatInputError) as raised:
+        load_instances(spec)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "valid.jsonl: task 'piqa', row 1: choice 1 rendered empty" in message
+    assert "set `normalize: false`" in message
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "samsum").is_dir(), reason="shared data not present")
 def test_real_shared_data_via_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("SHARED_DATA", str(SHARED_DATA))
