@@ -15,6 +15,14 @@ Generative tasks compare a similarity S to the gold: D(x) = S(new) - S(old);
 PFR~ = #(D > 0) / N, NFR~ = #(D < 0) / N, m_g = mean D over D > 0, m_r = mean |D| over D < 0
 (0 when there are none).
 
+Paired uncertainty for the deltas: Δacc = acc_new - acc_old and Δscore = score_new - score_old are
+means of the per-instance paired differences d(x) (correct_new - correct_old ∈ {-1, 0, 1}, or D(x)).
+``paired_bootstrap_ci`` resamples the *instances* (each keeps its old and new result together, so
+the correlation between the stacks is respected) ``BOOTSTRAP_RESAMPLES`` times with a seeded
+generator and takes the 2.5 / 97.5 % percentiles of the resampled mean d: ``acc_delta_ci`` and
+``score_delta_ci``. Deterministic for a given seed (default ``BOOTSTRAP_SEED``); identical
+columns give exactly [0, 0].
+
 Every function returns the full set of report keys so that metrics which do not apply to a kind
 are present as ``None`` (the report schema's convention).
 """
@@ -34,12 +42,18 @@ SMOOTH_QUADRANTS = ("positive_flip", "negative_flip", "unchanged")
 
 # Two-sided 95 %: the 0.975 quantile of the standard normal.
 Z_95 = 1.959963984540054
+# Paired bootstrap of the deltas: resamples and the seed of numpy's default generator (PCG64).
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+# Resampled index matrices are drawn in blocks of at most this many entries (bounded memory).
+_BOOTSTRAP_BLOCK = 1 << 22
 
 DISCRIMINATIVE_KEYS = (
     "acc_old", "acc_new", "acc_delta", "nfr", "pfr", "nfr_mc", "btc", "bec",
-    "nfr_ci", "pfr_ci", "mcnemar_p",
+    "nfr_ci", "pfr_ci", "mcnemar_p", "acc_delta_ci",
 )
-GENERATIVE_KEYS = ("score_old", "score_new", "score_delta", "pfr_smooth", "nfr_smooth", "m_g", "m_r")
+GENERATIVE_KEYS = ("score_old", "score_new", "score_delta", "score_delta_ci", "pfr_smooth", "nfr_smooth",
+                   "m_g", "m_r")
 METRIC_KEYS = ("n", *DISCRIMINATIVE_KEYS, *GENERATIVE_KEYS, "counts")
 
 
@@ -105,6 +119,45 @@ def mcnemar_exact_p(negative_flips: int, positive_flips: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2**discordant)))
 
 
+def paired_bootstrap_ci(
+    differences: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+    confidence: float = 0.95, estimate: float | None = None,
+) -> list[float]:
+    """Percentile bootstrap interval for the mean of paired per-instance differences.
+
+    Each resample draws N instances with replacement (numpy ``default_rng(seed)``, so the same
+    inputs and seed always give the same interval) and takes the mean difference; the interval is
+    the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of those means. The interval is
+    widened, if ever needed, to contain the point estimate (``estimate``, default the mean
+    difference: a percentile interval of a mean can miss it only through extreme skew at tiny N,
+    or by a rounding ulp), and is exactly [0, 0] when every difference is 0.
+    """
+    import numpy as np
+
+    if resamples < 1:
+        raise ValueError(f"paired_bootstrap_ci needs resamples >= 1, got {resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    values = np.asarray(differences, dtype=float)
+    n = values.size
+    if n == 0:
+        raise CompatInputError("no instances to compare (N = 0): check the task's data file and its `limit`")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("paired differences must be finite")
+    mean = math.fsum(values.tolist()) / n if estimate is None else float(estimate)
+    if not np.any(values):
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, _BOOTSTRAP_BLOCK // n)
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = (float(q) for q in np.quantile(means, [tail, 1 - tail]))
+    return [min(low, mean), max(high, mean)]
+
+
 def _ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
@@ -118,8 +171,12 @@ def discriminative_metrics(
     new_correct: Sequence[bool],
     old_pred: Sequence[Hashable],
     new_pred: Sequence[Hashable],
+    *,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Any]:
-    """Accuracy, NFR/PFR (+ Wilson CIs), NFR_mc, BTC, BEC, McNemar p and quadrant counts."""
+    """Accuracy, NFR/PFR (+ Wilson CIs), NFR_mc, BTC, BEC, McNemar p, the paired bootstrap CI
+    of Δacc and quadrant counts."""
     n = _check_lengths(old_correct, new_correct, old_pred, new_pred)
     rows = list(zip(old_correct, new_correct, old_pred, new_pred))
     counts = Counter(quadrant(*row) for row in rows)
@@ -141,6 +198,10 @@ def discriminative_metrics(
         "nfr_ci": list(wilson_interval(nf, n)),
         "pfr_ci": list(wilson_interval(pf, n)),
         "mcnemar_p": mcnemar_exact_p(nf, pf),
+        "acc_delta_ci": paired_bootstrap_ci(
+            [int(bool(nw)) - int(bool(o)) for o, nw, *_ in rows], resamples=resamples, seed=bootstrap_seed,
+            estimate=(new_right - old_right) / n,
+        ),
         "counts": {name: counts[name] for name in QUADRANTS},
     }
 
@@ -155,8 +216,12 @@ def discriminative_quadrants(
     return [quadrant(*row) for row in zip(old_correct, new_correct, old_pred, new_pred)]
 
 
-def generative_metrics(old_scores: Sequence[float], new_scores: Sequence[float]) -> dict[str, Any]:
-    """Mean similarity old/new and the smooth flip metrics over D = S(new) - S(old)."""
+def generative_metrics(
+    old_scores: Sequence[float], new_scores: Sequence[float], *, bootstrap_seed: int = BOOTSTRAP_SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, Any]:
+    """Mean similarity old/new, the paired bootstrap CI of Δscore and the smooth flip metrics over
+    D = S(new) - S(old)."""
     n = _check_lengths(old_scores, new_scores)
     for score in (*old_scores, *new_scores):
         if not math.isfinite(score):
@@ -170,6 +235,8 @@ def generative_metrics(old_scores: Sequence[float], new_scores: Sequence[float])
         "score_old": score_old,
         "score_new": score_new,
         "score_delta": score_new - score_old,
+        "score_delta_ci": paired_bootstrap_ci(deltas, resamples=resamples, seed=bootstrap_seed,
+                                              estimate=score_new - score_old),
         "pfr_smooth": len(gains) / n,
         "nfr_smooth": len(regressions) / n,
         "m_g": math.fsum(gains) / len(gains) if gains else 0.0,

@@ -56,8 +56,8 @@ SUITE_FILE_PATTERNS = ("modelcompat.yaml", "compat_*.yaml")
 SKIP_REASON = ("modelcompat: no stacks to compare; pass --old-adapter PATH and --new-adapter PATH "
                "(or ini modelcompat_old_adapter / modelcompat_new_adapter)")
 # Key metrics written as JUnit XML properties of each gate test (as `<task>.<metric>`).
-JUNIT_METRICS = ("acc_old", "acc_new", "nfr", "pfr", "nfr_mc", "btc", "mcnemar_p",
-                 "score_old", "score_new", "nfr_smooth", "m_r")
+JUNIT_METRICS = ("acc_old", "acc_new", "acc_delta", "nfr", "pfr", "nfr_mc", "btc", "mcnemar_p",
+                 "score_old", "score_new", "score_delta", "nfr_smooth", "m_r")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -33,6 +33,10 @@ REPORT_METRIC_KEYS = (
     "acc_old", "acc_new", "nfr", "pfr", "nfr_mc", "btc", "bec", "nfr_ci", "mcnemar_p",
     "score_old", "score_new", "pfr_smooth", "nfr_smooth", "m_g", "m_r",
 )
+# Optional keys beyond SPEC §4 (schema_version 1 stays compatible: readers may ignore them):
+# the deltas with their paired bootstrap 95 % intervals.
+EXTRA_REPORT_METRIC_KEYS = ("acc_delta", "acc_delta_ci", "score_delta", "score_delta_ci")
+INTERVAL_KEYS = ("nfr_ci", "acc_delta_ci", "score_delta_ci")
 TOP_FLIPS = 5
 EXCERPT_CHARS = 120
 
@@ -55,9 +59,9 @@ def _json_number(value: Any) -> float | None:
 
 def _report_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in REPORT_METRIC_KEYS:
+    for key in (*REPORT_METRIC_KEYS, *EXTRA_REPORT_METRIC_KEYS):
         value = metrics.get(key)
-        if key == "nfr_ci":
+        if key in INTERVAL_KEYS:
             out[key] = None if value is None else [_json_number(bound) for bound in value]
         else:
             out[key] = _json_number(value)
@@ -170,6 +174,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _fmt_delta(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
 def _fmt_ci(interval: Sequence[float | None] | None, digits: int = 3) -> str:
     return "" if interval is None else f"[{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]"
 
@@ -192,6 +200,7 @@ def summary_row(entry: Mapping[str, Any]) -> dict[str, str]:
         "kind": entry["kind"],
         "n": str(entry["n"]),
         "acc old → new": "—" if generative else f"{_fmt(m['acc_old'])} → {_fmt(m['acc_new'])}",
+        "Δacc / Δscore [95% CI]": delta_text(entry),
         "NFR [95% CI]": "—" if generative else f"{_fmt(m['nfr'])} {_fmt_ci(m['nfr_ci'])}",
         "PFR": "—" if generative else _fmt(m["pfr"]),
         "NFR_mc": "—" if generative else _fmt(m["nfr_mc"]),
@@ -201,6 +210,17 @@ def summary_row(entry: Mapping[str, Any]) -> dict[str, str]:
         "m_r": _fmt(m["m_r"]) if generative else "—",
         "gate": "PASS" if entry["gate"]["passed"] else "FAIL",
     }
+
+
+def delta_text(entry: Mapping[str, Any], digits: int = 3) -> str:
+    """Δacc (discriminative) or Δscore (generative) with its paired bootstrap 95 % interval."""
+    m = entry["metrics"]
+    key = "score_delta" if is_generative(entry) else "acc_delta"
+    value, interval = m.get(key), m.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    text = _fmt_delta(value, digits)
+    return text if interval is None else f"{text} [{_fmt_delta(interval[0], digits)}, {_fmt_delta(interval[1], digits)}]"
 
 
 def top_negative_flips(record: Mapping[str, Any], k: int = TOP_FLIPS) -> list[tuple[dict, dict]]:
@@ -233,10 +253,12 @@ def verdict_message(record: Mapping[str, Any], checks: Sequence[Mapping[str, Any
         lines.append(f"  score old {_fmt(m['score_old'])} -> new {_fmt(m['score_new'])}; "
                      f"NFR~ {_fmt(m['nfr_smooth'])}, PFR~ {_fmt(m['pfr_smooth'])}, "
                      f"m_r {_fmt(m['m_r'])}, m_g {_fmt(m['m_g'])}")
+        lines.append(f"  Δscore {delta_text(entry, 4)} (95% paired bootstrap interval)")
     else:
         lines.append(f"  NFR {_fmt(m['nfr'], 4)}, 95% Wilson interval {_fmt_ci(m['nfr_ci'], 4)}; "
                      f"PFR {_fmt(m['pfr'], 4)}; McNemar p = {_fmt(m['mcnemar_p'], 4)}")
-        lines.append(f"  acc old {_fmt(m['acc_old'])} -> new {_fmt(m['acc_new'])}; "
+        lines.append(f"  acc old {_fmt(m['acc_old'])} -> new {_fmt(m['acc_new'])}, "
+                     f"Δacc {delta_text(entry, 4)} (95% paired bootstrap interval); "
                      f"NFR_mc {_fmt(m['nfr_mc'])}; BTC {_fmt(m['btc'])}")
     flips = top_negative_flips(record)
     total = sum(instance["quadrant"] == "negative_flip" for instance in entry["instances"])
