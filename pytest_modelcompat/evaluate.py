@@ -87,7 +87,7 @@ class TaskResult:
     instances: list[Instance]
     old: list[Prediction]
     new: list[Prediction]
-    metrics: dict[str, Any]  # SPEC report keys; None where not applicable
+    metrics: dict[str, Any]  # metrics.METRIC_KEYS (docs/metrics.md); None where N/A
     gate: GateResult
     quadrants: list[str]
     warnings: list[str] = field(default_factory=list)  # problems that made instances count as wrong

@@ -1,4 +1,4 @@
-"""Gate thresholds (a suite's ``gate:`` mapping, SPEC §4) turned into pass/fail checks."""
+"""Gate thresholds (a suite's ``gate:`` mapping, docs/metrics.md#gate-keys) turned into pass/fail checks."""
 
 from __future__ import annotations
 

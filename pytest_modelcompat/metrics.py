@@ -1,4 +1,4 @@
-"""Flip metrics between an old and a new model, as pure functions (SPEC §2).
+"""Flip metrics between an old and a new model, as pure functions (docs/metrics.md).
 
 Everything here works on plain Python sequences, one entry per instance, so the numbers every
 verdict rests on can be checked by hand and by property tests without torch.

@@ -46,7 +46,7 @@ OPTIONS: list[tuple[str, str, dict]] = [
     ("compat_device", "device for both stacks: auto, cpu or cuda (default auto)",
      {"metavar": "{auto,cpu,cuda}"}),
 ]
-# Opt-ins for weights and code that can run arbitrary Python (SPEC: off unless asked for).
+# Opt-ins for weights and code that can run arbitrary Python (off unless asked for: ARCHITECTURE.md, Conventions).
 TRUST_FLAGS = (
     ("allow_pickle", "allow loading pickle (.bin/.pt) weights; they can run code, so only from sources you trust"),
     ("trust_remote_code", "allow a base model's own Python code (transformers trust_remote_code)"),

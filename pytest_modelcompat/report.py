@@ -5,7 +5,7 @@ Everything here works on *task records*: plain JSON-able dicts built by :func:`t
 an evaluated ``TaskResult``. Records travel unchanged from pytest-xdist workers to the controller,
 so a parallel run renders exactly what a serial run renders. A record holds
 
-- ``entry``: the task object of ``report.json`` (SPEC §4 schema, all instances);
+- ``entry``: the task object of ``report.json`` (docs/report-schema.md, all instances);
 - ``details``: per instance (aligned with ``entry["instances"]``) the texts a human needs to judge
   a flip — input prompt, gold, old and new answers — which the schema does not carry;
 - ``old`` / ``new``: adapter, base and fingerprint of each stack; ``nodeid`` of the test that
@@ -28,12 +28,12 @@ from typing import Any
 from pytest_modelcompat.atomic import atomic_write
 
 SCHEMA_VERSION = 1
-# The metric keys of a report.json task, in SPEC §4 order; metrics that do not apply are null.
+# The metric keys of a report.json task, in docs/report-schema.md order; metrics that do not apply are null.
 REPORT_METRIC_KEYS = (
     "acc_old", "acc_new", "nfr", "pfr", "nfr_mc", "btc", "bec", "nfr_ci", "mcnemar_p",
     "score_old", "score_new", "pfr_smooth", "nfr_smooth", "m_g", "m_r",
 )
-# Optional keys beyond SPEC §4 (schema_version 1 stays compatible: readers may ignore them):
+# Optional keys (see docs/report-schema.md; schema_version 1 stays compatible: readers may ignore them):
 # the deltas with their paired bootstrap 95 % intervals.
 EXTRA_REPORT_METRIC_KEYS = ("acc_delta", "acc_delta_ci", "score_delta", "score_delta_ci")
 INTERVAL_KEYS = ("nfr_ci", "acc_delta_ci", "score_delta_ci")
@@ -136,7 +136,7 @@ def sorted_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, An
 
 
 def build_report(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The report.json object (SPEC §4, schema_version 1) of a run's task records."""
+    """The report.json object (docs/report-schema.md, schema_version 1) of a run's task records."""
     records = sorted_records(records)
     if not records:
         raise ValueError("build_report needs at least one evaluated task")

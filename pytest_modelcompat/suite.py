@@ -1,4 +1,4 @@
-"""Suite files (SPEC §4) → :class:`TaskSpec`; data files + Jinja2 templates → :class:`Instance`.
+"""Suite files (README.md, "A suite file") → :class:`TaskSpec`; data files + Jinja2 templates → :class:`Instance`.
 
 Templates render exactly as lm-eval renders ``doc_to_text`` / ``doc_to_choice`` /
 ``doc_to_target`` (same Jinja2 environment: ``StrictUndefined``, ``keep_trailing_newline``, the

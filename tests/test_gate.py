@@ -1,4 +1,4 @@
-"""Gate thresholds → checks (SPEC §4 gate keys)."""
+"""Gate thresholds → checks (gate keys: docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flip metrics against hand-computed cases and properties (SPEC §2)."""
+"""Flip metrics against hand-computed cases and properties (docs/metrics.md)."""
 
 from __future__ import annotations
 

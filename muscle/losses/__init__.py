@@ -1,6 +1,6 @@
 """The compatibility losses, one short file per objective (``--objective``):
 
-- :mod:`muscle.losses.token`: the paper's per-token masked KL (SPEC §3), teachers' full logits;
+- :mod:`muscle.losses.token`: the paper's per-token masked KL (docs/muscle.md), teachers' full logits;
 - :mod:`muscle.losses.choice`: multiple choice, KL between choice distributions;
 - :mod:`muscle.losses.sequence`: generation, cross-entropy on the better teacher's output.
 

@@ -10,7 +10,7 @@ z_M2 (new stack), and temperature T:
     L_comp  = mean_i [ m_i · a_old_i + (1 − m_i) · a_new_i ]
     L       = λ · L_comp + (1 − λ) · CE(z_S, y)          (λ = 1 − ce_weight; ce_weight = 0 → L_comp)
 
-The mean is over every target token in the batch. We follow the SPEC formula and do **not**
+The mean is over every target token in the batch. We follow the paper's formula (docs/muscle.md) and do **not**
 multiply the KL by T² (the usual Hinton-style rescaling): with the default ce_weight = 0 the factor
 would only rescale the learning rate; users mixing in CE can raise ``ce_weight`` instead.
 
