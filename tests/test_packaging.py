@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,20 @@ def test_plugin_and_cli_load_from_the_installed_wheel(built, tmp_path):
     assert script.is_file()
     usage = _run([sys.executable, str(script), "--help"], cwd=tmp_path, env=env).stdout
     assert "train" in usage and "eval" in usage
+
+
+def test_docs_point_inside_the_repository():
+    """README (the wheel's long description), ARCHITECTURE.md and docs/ link only to files that
+    exist in this repository, and never to the out-of-tree spec they were once written against."""
+    pages = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert "../shared" not in text and "SPEC.md" not in text, f"{page.name} points outside the repository"
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http(s):, mailto: ...
+                continue
+            path = target.split("#")[0]
+            if not path:
+                continue
+            resolved = (page.parent / path).resolve()
+            assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{page.name}: broken link {target}"
