@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "~/.cache/pytest-modelcompat/results); shared with the pytest plugin")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--noise-margin", type=float, default=None,
+                    help="flips with decision margins (or |D(x)|) below this on both sides are 'unstable' "
+                         "(default 0.01; docs/margins.md)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     _trust_options(ev)
@@ -155,6 +158,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise CompatInputError(f"--limit must be a positive integer, got {args.limit}")
     if args.batch_size < 1:
         raise CompatInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.noise_margin is not None and not (args.noise_margin >= 0 and args.noise_margin != float("inf")):
+        raise CompatInputError(f"--noise-margin must be a number >= 0, got {args.noise_margin}")
     if args.report:
         check_writable_dir(args.report, "--report")
     if args.cache and not args.no_cache:
@@ -180,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
     for task in tasks:
         with make_progress(transient=True) as progress:
             result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size,
-                                            cache=cache, progress=progress)
+                                            cache=cache, progress=progress, noise_margin=args.noise_margin)
         command = muscle_train_command(suite=args.suite, task=task.name, old_adapter=args.old_adapter,
                                        new_adapter=args.new_adapter, old_base=args.old_base, new_base=args.new_base)
         records.append(task_record(result, stack_meta(old), stack_meta(new), nodeid=f"{args.suite}::{task.name}",

@@ -18,6 +18,13 @@ How each kind turns model output into a prediction:
 - ``generative``: greedy generation with ``no_repeat_ngram_size=2`` and the task's stop strings,
   scored by the task's similarity (ROUGE-1 F by default) against the target.
 
+Each prediction has a decision margin (``prediction_margin``: multiple choice only, the gap between
+its two best choices on the scale the decision was taken on); flips whose margins are below the
+run's noise margin on both sides are marked unstable (``metrics.unstable_flips``), counted in the
+metrics (``unstable_flips``, ``unstable_negative_flips``) and left out of the gate's checks when the
+gate says ``exclude_unstable: true`` (the checks then see the metrics of the run in which those
+instances did not flip: the new stack's result replaced by the old one's).
+
 Results are cached per instance under (stack fingerprint, task fingerprint, instance id): only the
 instances missing from the cache are computed, so an unchanged old stack is never re-evaluated.
 """
@@ -91,6 +98,11 @@ class TaskResult:
     gate: GateResult
     quadrants: list[str]
     warnings: list[str] = field(default_factory=list)  # problems that made instances count as wrong
+    old_margins: list[float | None] = field(default_factory=list)  # per instance; None: not defined
+    new_margins: list[float | None] = field(default_factory=list)
+    unstable: list[bool] = field(default_factory=list)  # per instance: an unstable flip
+    gate_metrics: dict[str, Any] | None = None  # what the gate checked, when not ``metrics``
+    noise_margin: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +118,21 @@ def choose(logliks: Sequence[float], choices: Sequence[str], normalize: bool) ->
     if normalize:
         values = values / np.asarray([float(len(choice)) for choice in choices])
     return int(np.argmax(values))
+
+
+def prediction_margin(prediction: Prediction, instance: Instance, task: TaskSpec) -> float | None:
+    """The decision margin of one prediction: multiple choice, best minus second-best of the values
+    ``choose`` takes the argmax of (log-likelihoods, or per character with ``normalize``); else None."""
+    from pytest_modelcompat.metrics import decision_margin
+
+    if task.kind != "multiple_choice" or prediction.logliks is None or instance.choices is None:
+        return None
+    if len(prediction.logliks) != len(instance.choices):
+        return None
+    values = list(prediction.logliks)
+    if task.normalize:
+        values = [value / float(len(choice)) if choice else value for value, choice in zip(values, instance.choices)]
+    return decision_margin(values)
 
 
 def normalize_answer(answer: str) -> str:
@@ -256,16 +283,69 @@ def effective_limit(*limits: int | None) -> int | None:
     return min(given) if given else None
 
 
+def flip_metrics_of(kind: str, old: Sequence[Prediction], new: Sequence[Prediction]) -> tuple[dict, list[str]]:
+    """(metrics, quadrants) of two prediction columns of one task kind."""
+    from pytest_modelcompat import metrics as flip_metrics
+
+    if kind == "generative":
+        columns = ([p.score for p in old], [p.score for p in new])
+        return flip_metrics.generative_metrics(*columns), flip_metrics.generative_quadrants(*columns)
+    columns = ([p.correct for p in old], [p.correct for p in new], [p.pred for p in old], [p.pred for p in new])
+    return flip_metrics.discriminative_metrics(*columns), flip_metrics.discriminative_quadrants(*columns)
+
+
+def compare(
+    task: TaskSpec, instances: Sequence[Instance], old_preds: Sequence[Prediction], new_preds: Sequence[Prediction],
+    *, gate_override: Mapping[str, Any] | None = None, noise_margin: float | None = None,
+) -> TaskResult:
+    """Flip metrics, margins, unstable flips and the gate's verdict of two prediction columns."""
+    from pytest_modelcompat import metrics as flip_metrics
+    from pytest_modelcompat.gate import Check, GateResult, evaluate_gate, excludes_unstable, validate_gate
+
+    noise_margin = flip_metrics.DEFAULT_NOISE_MARGIN if noise_margin is None else noise_margin
+    metrics, quadrants = flip_metrics_of(task.kind, old_preds, new_preds)
+    old_margins = [prediction_margin(p, inst, task) for p, inst in zip(old_preds, instances)]
+    new_margins = [prediction_margin(p, inst, task) for p, inst in zip(new_preds, instances)]
+    if task.kind == "generative":
+        unstable = flip_metrics.unstable_smooth_flips(
+            [p.score for p in old_preds], [p.score for p in new_preds], noise_margin)
+    else:
+        unstable = flip_metrics.unstable_flips(quadrants, old_margins, new_margins, noise_margin)
+    metrics |= flip_metrics.unstable_counts(quadrants, unstable) | {"noise_margin": float(noise_margin)}
+    gate_keys = validate_gate({**task.gate, **(gate_override or {})}, task.kind)
+    gate_metrics = None
+    if excludes_unstable(gate_keys) and any(unstable):
+        # the run in which the unstable flips did not happen: the new result is the old one there
+        kept = [old if flag else new for old, new, flag in zip(old_preds, new_preds, unstable)]
+        gate_metrics = flip_metrics_of(task.kind, old_preds, kept)[0]
+        gate_metrics |= {key: metrics[key] for key in flip_metrics.STABILITY_KEYS}
+    gate = evaluate_gate(metrics if gate_metrics is None else gate_metrics, gate_keys, task.kind)
+    problems = [
+        message
+        for side, preds in (("old", old_preds), ("new", new_preds))
+        if (message := _nonfinite_warning(side, instances, preds))
+    ]
+    for message in problems:
+        warnings.warn(f"{task.name}: {message}", RuntimeWarning, stacklevel=3)
+    nonfinite = sum(not _healthy(p) for p in (*old_preds, *new_preds))
+    if nonfinite:
+        # NaN/inf scores say nothing about flips: however the flip checks came out, the gate fails.
+        gate = GateResult(False, (*gate.checks, Check(NONFINITE_CHECK, "<=", 0.0, float(nonfinite), False)))
+    return TaskResult(task, list(instances), list(old_preds), list(new_preds), metrics, gate, quadrants, problems,
+                      old_margins=old_margins, new_margins=new_margins, unstable=unstable,
+                      gate_metrics=gate_metrics, noise_margin=float(noise_margin))
+
+
 def evaluate_task(
     old: Stack, new: Stack, task: TaskSpec, *, limit: int | None = None, cache: ResultCache | None = None,
     batch_size: int = 16, gate_override: Mapping[str, float] | None = None, progress: Any = None,
+    noise_margin: float | None = None,
 ) -> TaskResult:
     """Predict with both stacks, compute the flip metrics and check the gate.
 
     ``gate_override`` keys replace the task's gate keys of the same name (others are kept).
+    ``noise_margin`` (default ``metrics.DEFAULT_NOISE_MARGIN``) decides which flips are unstable.
     """
-    from pytest_modelcompat import metrics as flip_metrics
-    from pytest_modelcompat.gate import Check, GateResult, evaluate_gate
     from pytest_modelcompat.suite import load_instances, resolve_task
 
     task = resolve_task(task)
@@ -273,27 +353,4 @@ def evaluate_task(
     kwargs = {"cache": cache, "batch_size": batch_size, "progress": progress}
     old_preds = predict(old, task, instances, description=f"{task.name} · old", **kwargs)
     new_preds = predict(new, task, instances, description=f"{task.name} · new", **kwargs)
-    if task.kind == "generative":
-        columns = ([p.score for p in old_preds], [p.score for p in new_preds])
-        metrics = flip_metrics.generative_metrics(*columns)
-        quadrants = flip_metrics.generative_quadrants(*columns)
-    else:
-        columns = (
-            [p.correct for p in old_preds], [p.correct for p in new_preds],
-            [p.pred for p in old_preds], [p.pred for p in new_preds],
-        )
-        metrics = flip_metrics.discriminative_metrics(*columns)
-        quadrants = flip_metrics.discriminative_quadrants(*columns)
-    gate = evaluate_gate(metrics, {**task.gate, **(gate_override or {})}, task.kind)
-    problems = [
-        message
-        for side, preds in (("old", old_preds), ("new", new_preds))
-        if (message := _nonfinite_warning(side, instances, preds))
-    ]
-    for message in problems:
-        warnings.warn(f"{task.name}: {message}", RuntimeWarning, stacklevel=2)
-    nonfinite = sum(not _healthy(p) for p in (*old_preds, *new_preds))
-    if nonfinite:
-        # NaN/inf scores say nothing about flips: however the flip checks came out, the gate fails.
-        gate = GateResult(False, (*gate.checks, Check(NONFINITE_CHECK, "<=", 0.0, float(nonfinite), False)))
-    return TaskResult(task, list(instances), old_preds, new_preds, metrics, gate, quadrants, problems)
+    return compare(task, instances, old_preds, new_preds, gate_override=gate_override, noise_margin=noise_margin)

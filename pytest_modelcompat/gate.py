@@ -1,4 +1,12 @@
-"""Gate thresholds (a suite's ``gate:`` mapping, docs/metrics.md#gate-keys) turned into pass/fail checks."""
+"""Gate thresholds (a suite's ``gate:`` mapping, docs/metrics.md#gate-keys) turned into pass/fail checks.
+
+Besides thresholds (``GATE_KEYS``) a gate may carry options (``GATE_OPTIONS``, booleans) that
+change which numbers the thresholds see:
+
+- ``exclude_unstable: true`` — flips marked unstable (both stacks' decision margins below the
+  run's noise margin; see ``metrics.unstable_flips``) do not count: the checks use metrics computed
+  as if those instances had not flipped (``evaluate.evaluate_task``). Default false: every flip counts.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +30,10 @@ GATE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "max_nfr_smooth": ("nfr_smooth", "<=", GENERATIVE_KINDS),
     "max_m_r": ("m_r", "<=", GENERATIVE_KINDS),
     "min_score_delta": ("score_delta", ">=", GENERATIVE_KINDS),
+}
+# gate option -> what it does (boolean; applies to every kind)
+GATE_OPTIONS: dict[str, str] = {
+    "exclude_unstable": "unstable flips (margins below the noise margin on both sides) do not count in the checks",
 }
 # Thresholds on rates must lie in [0, 1]; thresholds on differences of rates in [-1, 1].
 _DELTA_KEYS = {"min_acc_delta", "min_score_delta"}
@@ -52,17 +64,25 @@ class GateResult:
         return {"passed": self.passed, "checks": [check.to_dict() for check in self.checks]}
 
 
-def validate_gate(gate: Any, kind: str | None = None, where: str = "gate") -> dict[str, float]:
-    """Check a ``gate:`` mapping; return it with float thresholds. ``where`` prefixes messages."""
+def validate_gate(gate: Any, kind: str | None = None, where: str = "gate") -> dict[str, float | bool]:
+    """Check a ``gate:`` mapping; return it with float thresholds (and bool options).
+    ``where`` prefixes messages."""
     if gate is None:
         return {}
     if not isinstance(gate, Mapping):
         raise CompatInputError(f"{where}: must be a mapping of threshold keys, got {type(gate).__name__}")
-    checked: dict[str, float] = {}
+    checked: dict[str, float | bool] = {}
     for key, threshold in gate.items():
+        if key in GATE_OPTIONS:
+            if not isinstance(threshold, bool):
+                raise CompatInputError(
+                    f"{where}: {key} must be true or false, got {threshold!r}; write e.g. {key}: true"
+                )
+            checked[key] = threshold
+            continue
         if key not in GATE_KEYS:
             raise CompatInputError(
-                f"{where}: unknown gate key {key!r}; valid keys are {', '.join(GATE_KEYS)}"
+                f"{where}: unknown gate key {key!r}; valid keys are {', '.join([*GATE_KEYS, *GATE_OPTIONS])}"
             )
         _, _, kinds = GATE_KEYS[key]
         if kind is not None and kind not in kinds:
@@ -97,6 +117,8 @@ def evaluate_gate(metrics: Mapping[str, Any], gate: Mapping[str, Any], kind: str
     """
     checks = []
     for key, threshold in validate_gate(gate, kind).items():
+        if key in GATE_OPTIONS:
+            continue
         metric, op, _ = GATE_KEYS[key]
         value = metric_value(metrics, metric)
         if value is None:
@@ -107,3 +129,8 @@ def evaluate_gate(metrics: Mapping[str, Any], gate: Mapping[str, Any], kind: str
             passed = value >= threshold
         checks.append(Check(metric, op, threshold, value, passed))
     return GateResult(all(check.passed for check in checks), tuple(checks))
+
+
+def excludes_unstable(gate: Mapping[str, Any] | None) -> bool:
+    """Whether a (validated) gate mapping asks for unstable flips to be left out of its checks."""
+    return bool((gate or {}).get("exclude_unstable", False))

@@ -45,6 +45,9 @@ OPTIONS: list[tuple[str, str, dict]] = [
     ("compat_batch_size", "batch size for scoring (default 16)", {"metavar": "N"}),
     ("compat_device", "device for both stacks: auto, cpu or cuda (default auto)",
      {"metavar": "{auto,cpu,cuda}"}),
+    ("compat_noise_margin", "a flip whose decision margins on both sides (multiple choice: log-likelihood gap "
+                            "of the two best choices, nats) or whose |D(x)| (generative) is below X is "
+                            "'unstable' (default 0.01; docs/margins.md)", {"metavar": "X"}),
 ]
 # Opt-ins for weights and code that can run arbitrary Python (off unless asked for: ARCHITECTURE.md, Conventions).
 TRUST_FLAGS = (
@@ -93,6 +96,7 @@ class CompatOptions:
     limit: int | None
     batch_size: int
     device: str
+    noise_margin: float | None = None   # None: metrics.DEFAULT_NOISE_MARGIN
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
@@ -126,6 +130,23 @@ def _positive_int(config: pytest.Config, name: str) -> int | None:
     if number <= 0:
         raise pytest.UsageError(
             f"{_flag(name)} (or ini modelcompat_{name}) must be a positive integer, got {value!r}"
+        )
+    return number
+
+
+def _non_negative_float(config: pytest.Config, name: str) -> float | None:
+    import math
+
+    value, _ = _raw_option(config, name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not (math.isfinite(number) and number >= 0):
+        raise pytest.UsageError(
+            f"{_flag(name)} (or ini modelcompat_{name}) must be a number >= 0, got {value!r}"
         )
     return number
 
@@ -185,7 +206,7 @@ def read_options(config: pytest.Config) -> CompatOptions:
     return CompatOptions(
         old_adapter=old_adapter, new_adapter=new_adapter, old_base=old_base, new_base=new_base,
         report_dir=report_dir, cache_dir=cache_dir, limit=limit, batch_size=batch_size,
-        device=device,
+        device=device, noise_margin=_non_negative_float(config, "compat_noise_margin"),
         **trust,
     )
 
@@ -241,7 +262,7 @@ class CompatSession:
                 make_progress(transient=True, disable=_is_xdist_worker(item.config)) as progress:
             result = evaluate_task(
                 old, new, task, limit=self.options.limit, cache=cache, batch_size=self.options.batch_size,
-                gate_override=gate, progress=progress,
+                gate_override=gate, progress=progress, noise_margin=self.options.noise_margin,
             )
         command = muscle_train_command(
             suite=task.source, task=task.name, old_adapter=str(self.options.old_adapter),

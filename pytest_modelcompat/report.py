@@ -34,8 +34,10 @@ REPORT_METRIC_KEYS = (
     "score_old", "score_new", "pfr_smooth", "nfr_smooth", "m_g", "m_r",
 )
 # Optional keys (see docs/report-schema.md; schema_version 1 stays compatible: readers may ignore them):
-# the deltas with their paired bootstrap 95 % intervals.
-EXTRA_REPORT_METRIC_KEYS = ("acc_delta", "acc_delta_ci", "score_delta", "score_delta_ci")
+# the deltas with their paired bootstrap 95 % intervals; unstable flips and the noise margin used.
+EXTRA_REPORT_METRIC_KEYS = ("acc_delta", "acc_delta_ci", "score_delta", "score_delta_ci",
+                            "unstable_flips", "unstable_negative_flips", "noise_margin")
+COUNT_KEYS = ("unstable_flips", "unstable_negative_flips")
 INTERVAL_KEYS = ("nfr_ci", "acc_delta_ci", "score_delta_ci")
 TOP_FLIPS = 5
 EXCERPT_CHARS = 120
@@ -63,16 +65,19 @@ def _report_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
         value = metrics.get(key)
         if key in INTERVAL_KEYS:
             out[key] = None if value is None else [_json_number(bound) for bound in value]
+        elif key in COUNT_KEYS:
+            out[key] = None if value is None else int(value)
         else:
             out[key] = _json_number(value)
     return out
 
 
-def _prediction_entry(prediction: Any) -> dict[str, Any]:
+def _prediction_entry(prediction: Any, margin: float | None) -> dict[str, Any]:
     pred = prediction.pred
     if pred is not None and not isinstance(pred, (int, str)):
         pred = str(pred)
-    return {"pred": pred, "correct": prediction.correct, "score": _json_number(prediction.score)}
+    return {"pred": pred, "correct": prediction.correct, "score": _json_number(prediction.score),
+            "margin": _json_number(margin)}
 
 
 def _answer_text(kind: str, instance: Any, prediction: Any) -> str:
@@ -99,11 +104,17 @@ def task_record(result: Any, old: Mapping[str, str], new: Mapping[str, str], *, 
                 muscle_command: str) -> dict[str, Any]:
     """The JSON-able record of one evaluated task (see the module docstring)."""
     task = result.task
+    n = len(result.instances)
+    # results built without margins (older callers, hand-made ones) have none: null / not unstable
+    old_margins = getattr(result, "old_margins", None) or [None] * n
+    new_margins = getattr(result, "new_margins", None) or [None] * n
+    unstable = getattr(result, "unstable", None) or [False] * n
     instances = [
-        {"id": str(instance.id), "old": _prediction_entry(old_pred), "new": _prediction_entry(new_pred),
-         "quadrant": quadrant}
-        for instance, old_pred, new_pred, quadrant in zip(
-            result.instances, result.old, result.new, result.quadrants, strict=True)
+        {"id": str(instance.id), "old": _prediction_entry(old_pred, old_margin),
+         "new": _prediction_entry(new_pred, new_margin), "quadrant": quadrant, "unstable": bool(flag)}
+        for instance, old_pred, new_pred, quadrant, old_margin, new_margin, flag in zip(
+            result.instances, result.old, result.new, result.quadrants, old_margins, new_margins, unstable,
+            strict=True)
     ]
     details = [
         {"input": instance.context, "gold": _gold_text(task, instance),
@@ -123,6 +134,8 @@ def task_record(result: Any, old: Mapping[str, str], new: Mapping[str, str], *, 
                  "value": _json_number(check.value), "passed": bool(check.passed)}
                 for check in gate.checks
             ],
+            **({"excluded_unstable": sum(map(bool, unstable))}
+               if getattr(result, "gate_metrics", None) is not None else {}),
         },
         "instances": instances,
     }
@@ -208,6 +221,7 @@ def summary_row(entry: Mapping[str, Any]) -> dict[str, str]:
         "score old → new": f"{_fmt(m['score_old'])} → {_fmt(m['score_new'])}" if generative else "—",
         "NFR~": _fmt(m["nfr_smooth"]) if generative else "—",
         "m_r": _fmt(m["m_r"]) if generative else "—",
+        "unstable flips": "—" if m.get("unstable_flips") is None else str(m["unstable_flips"]),
         "gate": "PASS" if entry["gate"]["passed"] else "FAIL",
     }
 
@@ -224,12 +238,42 @@ def delta_text(entry: Mapping[str, Any], digits: int = 3) -> str:
 
 
 def top_negative_flips(record: Mapping[str, Any], k: int = TOP_FLIPS) -> list[tuple[dict, dict]]:
-    """Up to ``k`` negative flips as (instance entry, details); generative: largest drop first."""
+    """Up to ``k`` negative flips as (instance entry, details): stable ones before unstable ones;
+    generative: largest drop first."""
     flips = [(instance, detail) for instance, detail in zip(record["entry"]["instances"], record["details"])
              if instance["quadrant"] == "negative_flip"]
     if is_generative(record["entry"]):
         flips.sort(key=lambda flip: (flip[0]["new"]["score"] or 0.0) - (flip[0]["old"]["score"] or 0.0))
+    flips.sort(key=lambda flip: bool(flip[0].get("unstable")))
     return flips[:k]
+
+
+def margin_text(entry: Mapping[str, Any], instance: Mapping[str, Any], digits: int = 3) -> str:
+    """An instance's margins as a human reads them: multiple choice "old 0.412 / new 0.050", a
+    generative flip "|D| 0.400"; "unstable" appended for an unstable flip; "" when undefined."""
+    if is_generative(entry):
+        old, new = instance["old"]["score"], instance["new"]["score"]
+        text = "" if old is None or new is None or old == new else f"|D| {abs(new - old):.{digits}f}"
+    else:
+        old, new = instance["old"].get("margin"), instance["new"].get("margin")
+        text = "" if old is None and new is None else f"old {_fmt(old, digits)} / new {_fmt(new, digits)}"
+    if instance.get("unstable"):
+        text = f"{text}, unstable" if text else "unstable"
+    return text
+
+
+def unstable_line(entry: Mapping[str, Any]) -> str | None:
+    """The verdict's line about unstable flips (None when there are none)."""
+    m = entry["metrics"]
+    count = m.get("unstable_flips")
+    if not count:
+        return None
+    flips = sum(instance["quadrant"] in ("negative_flip", "positive_flip") for instance in entry["instances"])
+    side = "|D(x)|" if is_generative(entry) else "both stacks' margins"
+    how = ("left out of the gate's checks (exclude_unstable: true)" if "excluded_unstable" in entry["gate"]
+           else "counted by the gate (gate key exclude_unstable: true leaves them out)")
+    return (f"  unstable flips: {count} of {flips} ({m.get('unstable_negative_flips', 0)} negative): "
+            f"{side} below the noise margin {_fmt(m.get('noise_margin'), 4)}; {how}")
 
 
 def _check_line(check: Mapping[str, Any]) -> str:
@@ -260,6 +304,8 @@ def verdict_message(record: Mapping[str, Any], checks: Sequence[Mapping[str, Any
         lines.append(f"  acc old {_fmt(m['acc_old'])} -> new {_fmt(m['acc_new'])}, "
                      f"Δacc {delta_text(entry, 4)} (95% paired bootstrap interval); "
                      f"NFR_mc {_fmt(m['nfr_mc'])}; BTC {_fmt(m['btc'])}")
+    if (line := unstable_line(entry)) is not None:
+        lines.append(line)
     flips = top_negative_flips(record)
     total = sum(instance["quadrant"] == "negative_flip" for instance in entry["instances"])
     lines.append(f"Top negative flips ({len(flips)} of {total}):")
@@ -267,6 +313,10 @@ def verdict_message(record: Mapping[str, Any], checks: Sequence[Mapping[str, Any
         scores = ""
         if is_generative(entry):
             scores = f" [score {_fmt(instance['old']['score'])} -> {_fmt(instance['new']['score'])}]"
+            if instance.get("unstable"):
+                scores += " (unstable)"
+        elif margins := margin_text(entry, instance):
+            scores = f" [margins {margins}]"
         lines.append(f"  - id {instance['id']}{scores}: input {_excerpt(detail['input'])!r}")
         lines.append(f"      old {_excerpt(detail['old'], 60)!r} | new {_excerpt(detail['new'], 60)!r} "
                      f"| gold {_excerpt(detail['gold'], 60)!r}")
@@ -345,9 +395,10 @@ def render_markdown(report: Mapping[str, Any], records: Sequence[Mapping[str, An
         entry = record["entry"]
         lines += ["", f"<details><summary>{md_cell(entry['name'])}: top negative flips</summary>", ""]
         lines += _md_table(
-            ["id", "input", "old", "new", "gold"],
+            ["id", "input", "old", "new", "gold", "margin"],
             ([md_cell(instance["id"]), md_cell(detail["input"], 100), md_cell(detail["old"], 60),
-              md_cell(detail["new"], 60), md_cell(detail["gold"], 60)] for instance, detail in flips),
+              md_cell(detail["new"], 60), md_cell(detail["gold"], 60), md_cell(margin_text(entry, instance))]
+             for instance, detail in flips),
         )
         if not entry["gate"]["passed"]:
             lines += ["", "Fix with a compatibility adapter:", "", "```", record["muscle_command"], "```"]
@@ -376,7 +427,8 @@ def render_html(report: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
          "instances": [
              {"id": instance["id"], "quadrant": instance["quadrant"], "input": detail["input"],
               "gold": detail["gold"], "old": detail["old"], "new": detail["new"],
-              "old_score": instance["old"]["score"], "new_score": instance["new"]["score"]}
+              "old_score": instance["old"]["score"], "new_score": instance["new"]["score"],
+              "margin": margin_text(record["entry"], instance), "unstable": bool(instance.get("unstable"))}
              for instance, detail in zip(record["entry"]["instances"], record["details"])
          ]}
         for record in records

@@ -48,9 +48,9 @@ def test_report_json_follows_schema_with_all_instances(records):
         {"metric": "nfr", "op": "<=", "threshold": 0.1, "value": 0.2, "passed": False},
         {"metric": "btc", "op": ">=", "threshold": 0.9, "value": 0.75, "passed": False},
     ]}
-    assert piqa["instances"][6] == {"id": "6", "old": {"pred": 0, "correct": True, "score": -1.5},
-                                    "new": {"pred": 1, "correct": False, "score": -1.25},
-                                    "quadrant": "negative_flip"}
+    assert piqa["instances"][6] == {"id": "6", "old": {"pred": 0, "correct": True, "score": -1.5, "margin": None},
+                                    "new": {"pred": 1, "correct": False, "score": -1.25, "margin": None},
+                                    "quadrant": "negative_flip", "unstable": False}
     assert build_report(list(reversed(records))) == report
 
 
