@@ -99,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ev.add_argument("--suite", required=True)
     ev.add_argument("--task", action="append", help="task name (repeatable; default: all tasks)")
-    ev.add_argument("--old-adapter", required=True)
-    ev.add_argument("--new-adapter", required=True)
+    ev.add_argument("--old-adapter", help="A1: the old stack's adapter dir (not with --baseline)")
+    ev.add_argument("--new-adapter", help="A2: the new stack's adapter dir (not with --save-baseline)")
     ev.add_argument("--old-base")
     ev.add_argument("--new-base")
     ev.add_argument("--report", help="directory for report.json / report.md / report.html")
+    ev.add_argument("--save-baseline", metavar="FILE",
+                    help="score the old stack only and write its predictions to FILE (a baseline snapshot, "
+                         "docs/baseline.md); needs --old-adapter, no --new-adapter")
+    ev.add_argument("--baseline", metavar="FILE",
+                    help="gate --new-adapter against the snapshot FILE; no old model is loaded")
     ev.add_argument("--limit", type=int, help="first N instances per task")
     ev.add_argument("--cache", help="result cache dir (default: $MODELCOMPAT_HOME/results, "
                                     "~/.cache/pytest-modelcompat/results); shared with the pytest plugin")
@@ -160,8 +165,18 @@ def _eval(args: argparse.Namespace) -> int:
         raise CompatInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.noise_margin is not None and not (args.noise_margin >= 0 and args.noise_margin != float("inf")):
         raise CompatInputError(f"--noise-margin must be a number >= 0, got {args.noise_margin}")
+    _check_eval_mode(args)
     if args.report:
         check_writable_dir(args.report, "--report")
+    if args.save_baseline:
+        from pytest_modelcompat.baseline import check_save_path
+
+        check_save_path(args.save_baseline, "--save-baseline")
+    snapshot = None
+    if args.baseline:
+        from pytest_modelcompat.baseline import load_snapshot
+
+        snapshot = load_snapshot(args.baseline, entry_point="muscle")
     if args.cache and not args.no_cache:
         check_writable_dir(args.cache, "--cache")
     tasks = load_suite(args.suite)
@@ -173,22 +188,32 @@ def _eval(args: argparse.Namespace) -> int:
         tasks = [t for t in tasks if t.name in args.task]
     for task in tasks:  # data and template problems surface before the (slow) model loads
         if task.lm_eval is None:
-            load_instances(task, limit=evaluate.effective_limit(args.limit, task.limit))
+            instances = load_instances(task, limit=evaluate.effective_limit(args.limit, task.limit))
+            if snapshot is not None:  # a snapshot that does not cover the task: refused before any model
+                snapshot.check_instances(task, instances)
     trust = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
     for which in ("old", "new"):  # both checked before the first (slow) model load
-        check_stack_files(getattr(args, f"{which}_adapter"), getattr(args, f"{which}_base"),
-                          allow_pickle=args.allow_pickle, which=which)
-    old = load_stack(args.old_adapter, args.old_base, device=args.device, dtype=args.dtype, **trust)
-    new = load_stack(args.new_adapter, args.new_base, device=args.device, dtype=args.dtype, **trust)
+        if getattr(args, f"{which}_adapter") is not None:
+            check_stack_files(getattr(args, f"{which}_adapter"), getattr(args, f"{which}_base"),
+                              allow_pickle=args.allow_pickle, which=which)
+    load = {"device": args.device, "dtype": args.dtype, **trust}
     cache = None if args.no_cache else ResultCache(Path(args.cache) if args.cache else cache_home() / "results")
+    if args.save_baseline:
+        return _save_baseline(args, tasks, load_stack(args.old_adapter, args.old_base, **load), cache)
+    old = snapshot if snapshot is not None else load_stack(args.old_adapter, args.old_base, **load)
+    new = load_stack(args.new_adapter, args.new_base, **load)
+    old_meta = dict(snapshot.stack) if snapshot is not None else stack_meta(old)
     records = []
     for task in tasks:
         with make_progress(transient=True) as progress:
             result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size,
                                             cache=cache, progress=progress, noise_margin=args.noise_margin)
-        command = muscle_train_command(suite=args.suite, task=task.name, old_adapter=args.old_adapter,
-                                       new_adapter=args.new_adapter, old_base=args.old_base, new_base=args.new_base)
-        records.append(task_record(result, stack_meta(old), stack_meta(new), nodeid=f"{args.suite}::{task.name}",
+        command = muscle_train_command(suite=args.suite, task=task.name,
+                                       old_adapter=args.old_adapter or old_meta["adapter"],
+                                       new_adapter=args.new_adapter,
+                                       old_base=old_meta["base"] if snapshot is not None else args.old_base,
+                                       new_base=args.new_base)
+        records.append(task_record(result, old_meta, stack_meta(new), nodeid=f"{args.suite}::{task.name}",
                                    muscle_command=command))
     console = Console()
     sys.stdout.write(terminal_table(records, width=console.width, color=console.is_terminal))
@@ -196,6 +221,50 @@ def _eval(args: argparse.Namespace) -> int:
         for path in write_reports(Path(args.report), records).values():
             print(f"wrote {path}")
     return 0 if all(r["entry"]["gate"]["passed"] for r in records) else 1
+
+
+def _check_eval_mode(args: argparse.Namespace) -> None:
+    """Which adapters / snapshot options of `muscle eval` go together (CompatInputError otherwise)."""
+    if args.baseline:
+        if args.old_adapter:
+            raise CompatInputError("--old-adapter and --baseline are both given; the snapshot stands for the old "
+                                   "stack: drop --old-adapter (or --baseline to load the old model)")
+        if args.save_baseline:
+            raise CompatInputError("--save-baseline and --baseline are both given; save a snapshot (with "
+                                   "--old-adapter) or gate against one (with --new-adapter), not both")
+        if not args.new_adapter:
+            raise CompatInputError("--baseline is given but --new-adapter is not; pass the adapter to gate against "
+                                   "the snapshot: --new-adapter PATH")
+    elif args.save_baseline:
+        if not args.old_adapter:
+            raise CompatInputError("--save-baseline is given but --old-adapter is not; pass the adapter whose "
+                                   "predictions to save: --old-adapter PATH")
+        if args.new_adapter:
+            raise CompatInputError("--save-baseline scores the old stack only; drop --new-adapter (gate it later "
+                                   "with --baseline FILE --new-adapter PATH)")
+    elif not (args.old_adapter and args.new_adapter):
+        missing = " and ".join(flag for flag, value in (("--old-adapter", args.old_adapter),
+                                                         ("--new-adapter", args.new_adapter)) if not value)
+        raise CompatInputError(f"{missing} missing: pass --old-adapter A1 --new-adapter A2 (or --old-adapter A1 "
+                               f"--save-baseline FILE, or --baseline FILE --new-adapter A2)")
+
+
+def _save_baseline(args: argparse.Namespace, tasks, old, cache) -> int:
+    """`muscle eval --save-baseline FILE`: score the old stack only and write the snapshot."""
+    from pytest_modelcompat import evaluate
+    from pytest_modelcompat.baseline import write_snapshot
+    from pytest_modelcompat.progress import make_progress
+    from pytest_modelcompat.report import stack_meta
+
+    entries = []
+    for task in tasks:
+        with make_progress(transient=True) as progress:
+            entries.append(evaluate.baseline_entry(old, task, limit=args.limit, cache=cache,
+                                                   batch_size=args.batch_size, progress=progress))
+    path = write_snapshot(args.save_baseline, stack_meta(old), entries)
+    print(f"wrote {path} (baseline snapshot: {len(entries)} task(s), "
+          f"{sum(entry['n'] for entry in entries)} instances; old stack {old.fingerprint[:12]})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

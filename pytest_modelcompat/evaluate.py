@@ -43,6 +43,7 @@ from pytest_modelcompat import engine
 from pytest_modelcompat.errors import CompatInputError
 
 if TYPE_CHECKING:
+    from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.gate import GateResult
     from pytest_modelcompat.stack import Stack
@@ -277,6 +278,19 @@ def _nonfinite_warning(side: str, instances: Sequence[Instance], predictions: Se
     )
 
 
+def baseline_entry(stack: Stack, task: TaskSpec, *, limit: int | None = None, cache: ResultCache | None = None,
+                   batch_size: int = 16, progress: Any = None) -> dict[str, Any]:
+    """Score ``task`` with the old stack only → its baseline snapshot entry (``baseline.task_entry``)."""
+    from pytest_modelcompat.baseline import task_entry
+    from pytest_modelcompat.suite import load_instances, resolve_task
+
+    task = resolve_task(task)
+    instances = load_instances(task, limit=effective_limit(limit, task.limit))
+    predictions = predict(stack, task, instances, cache=cache, batch_size=batch_size, progress=progress,
+                          description=f"{task.name} · old (baseline)")
+    return task_entry(task, instances, predictions)
+
+
 def effective_limit(*limits: int | None) -> int | None:
     """The smallest of the limits given (a run's --compat-limit and a task's own ``limit``)."""
     given = [limit for limit in limits if limit is not None]
@@ -337,20 +351,26 @@ def compare(
 
 
 def evaluate_task(
-    old: Stack, new: Stack, task: TaskSpec, *, limit: int | None = None, cache: ResultCache | None = None,
-    batch_size: int = 16, gate_override: Mapping[str, float] | None = None, progress: Any = None,
-    noise_margin: float | None = None,
+    old: Stack | Snapshot, new: Stack, task: TaskSpec, *, limit: int | None = None,
+    cache: ResultCache | None = None, batch_size: int = 16, gate_override: Mapping[str, float] | None = None,
+    progress: Any = None, noise_margin: float | None = None,
 ) -> TaskResult:
     """Predict with both stacks, compute the flip metrics and check the gate.
 
+    ``old`` may be a baseline snapshot (``baseline.Snapshot``): its stored predictions stand for
+    the old stack (``baseline.BaselineError`` when it does not cover the task and its instances).
     ``gate_override`` keys replace the task's gate keys of the same name (others are kept).
     ``noise_margin`` (default ``metrics.DEFAULT_NOISE_MARGIN``) decides which flips are unstable.
     """
+    from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.suite import load_instances, resolve_task
 
     task = resolve_task(task)
     instances = load_instances(task, limit=effective_limit(limit, task.limit))
     kwargs = {"cache": cache, "batch_size": batch_size, "progress": progress}
-    old_preds = predict(old, task, instances, description=f"{task.name} · old", **kwargs)
+    if isinstance(old, Snapshot):
+        old_preds = old.predictions(task, instances)
+    else:
+        old_preds = predict(old, task, instances, description=f"{task.name} · old", **kwargs)
     new_preds = predict(new, task, instances, description=f"{task.name} · new", **kwargs)
     return compare(task, instances, old_preds, new_preds, gate_override=gate_override, noise_margin=noise_margin)

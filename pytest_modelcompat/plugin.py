@@ -15,6 +15,12 @@ modules. Nothing heavy is imported at module level, so unrelated pytest runs sta
   report; the controller (the only process under xdist that does so) gathers records from
   ``pytest_runtest_logreport``, prints the summary table and writes ``--compat-report DIR``.
 - A failing gate fails its test, so pytest exits 1.
+- Baseline snapshots (docs/baseline.md, ``baseline.py``): ``--old-adapter A1
+  --compat-save-baseline FILE`` scores the old stack only (suite items pass, Python gate tests are
+  skipped after scoring) and the controller writes FILE at the end of a passing run;
+  ``--compat-baseline FILE --new-adapter A2`` gates A2 against FILE with no old model. A snapshot
+  that does not cover a selected suite task is a usage error at collection (exit 4, nothing
+  written); a task first met at run time (``compat.evaluate``) stops the run with exit 4.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ OPTIONS: list[tuple[str, str, dict]] = [
     ("compat_batch_size", "batch size for scoring (default 16)", {"metavar": "N"}),
     ("compat_device", "device for both stacks: auto, cpu or cuda (default auto)",
      {"metavar": "{auto,cpu,cuda}"}),
+    ("compat_save_baseline", "score the old stack only and write its per-instance predictions to FILE "
+                             "(a baseline snapshot; needs --old-adapter, no --new-adapter)", {"metavar": "FILE"}),
+    ("compat_baseline", "gate --new-adapter against the snapshot FILE instead of an old stack (no old model "
+                        "is loaded; do not pass --old-adapter)", {"metavar": "FILE"}),
     ("compat_noise_margin", "a flip whose decision margins on both sides (multiple choice: log-likelihood gap "
                             "of the two best choices, nats) or whose |D(x)| (generative) is below X is "
                             "'unstable' (default 0.01; docs/margins.md)", {"metavar": "X"}),
@@ -57,7 +67,8 @@ TRUST_FLAGS = (
 DEVICES = ("auto", "cpu", "cuda")
 SUITE_FILE_PATTERNS = ("modelcompat.yaml", "compat_*.yaml")
 SKIP_REASON = ("modelcompat: no stacks to compare; pass --old-adapter PATH and --new-adapter PATH "
-               "(or ini modelcompat_old_adapter / modelcompat_new_adapter)")
+               "(or ini modelcompat_old_adapter / modelcompat_new_adapter), or --compat-baseline FILE "
+               "and --new-adapter PATH")
 # Key metrics written as JUnit XML properties of each gate test (as `<task>.<metric>`).
 JUNIT_METRICS = ("acc_old", "acc_new", "acc_delta", "nfr", "pfr", "nfr_mc", "btc", "mcnemar_p",
                  "score_old", "score_new", "score_delta", "nfr_smooth", "m_r")
@@ -99,10 +110,22 @@ class CompatOptions:
     noise_margin: float | None = None   # None: metrics.DEFAULT_NOISE_MARGIN
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    save_baseline: Path | None = None   # --compat-save-baseline FILE
+    baseline: Any = None                # the loaded --compat-baseline snapshot (baseline.Snapshot)
+
+    @property
+    def mode(self) -> str | None:
+        """"compare" (old and new adapters), "save" (old adapter → snapshot), "baseline" (snapshot
+        vs new adapter) or None (nothing to evaluate: gate tests skip)."""
+        if self.baseline is not None:
+            return "baseline"
+        if self.save_baseline is not None:
+            return "save"
+        return "compare" if self.old_adapter is not None else None
 
     @property
     def stacks_given(self) -> bool:
-        return self.old_adapter is not None
+        return self.mode is not None
 
 
 def _raw_option(config: pytest.Config, name: str) -> tuple[str | None, Path]:
@@ -168,9 +191,8 @@ def _base_reference(config: pytest.Config, name: str) -> str | None:
 def read_options(config: pytest.Config) -> CompatOptions:
     """Validate the modelcompat options; ``pytest.UsageError`` (one line) on a bad value."""
     old_adapter, new_adapter = _path(config, "old_adapter"), _path(config, "new_adapter")
-    if (old_adapter is None) != (new_adapter is None):
-        given, missing = ("old_adapter", "new_adapter") if new_adapter is None else ("new_adapter", "old_adapter")
-        raise pytest.UsageError(f"{_flag(given)} is given but {_flag(missing)} is not; pass both adapters")
+    save_path, baseline_path = _path(config, "compat_save_baseline"), _path(config, "compat_baseline")
+    _check_mode(old_adapter, new_adapter, save_path, baseline_path)
     for name, adapter in (("old_adapter", old_adapter), ("new_adapter", new_adapter)):
         if adapter is not None and not adapter.is_dir():
             raise pytest.UsageError(
@@ -190,25 +212,60 @@ def read_options(config: pytest.Config) -> CompatOptions:
         cache_dir = _path(config, "compat_cache") or cache_home() / "results"
     report_dir = _path(config, "compat_report")
     limit, batch_size = _positive_int(config, "compat_limit"), _positive_int(config, "compat_batch_size") or 16
-    if old_adapter is not None:
+    snapshot = None
+    if old_adapter is not None or new_adapter is not None:
         from pytest_modelcompat.atomic import check_writable_dir
+        from pytest_modelcompat.baseline import check_save_path, load_snapshot
         from pytest_modelcompat.stack import check_stack_files
 
         # What can be checked without loading a model fails the run now, as a usage error.
         try:
             for which, adapter, base in (("old", old_adapter, old_base), ("new", new_adapter, new_base)):
-                check_stack_files(adapter, base, allow_pickle=trust["allow_pickle"], which=which)
+                if adapter is not None:
+                    check_stack_files(adapter, base, allow_pickle=trust["allow_pickle"], which=which)
             for flag, directory in (("--compat-report", report_dir), ("--compat-cache", cache_dir)):
                 if directory is not None:
                     check_writable_dir(directory, flag)
+            if save_path is not None:
+                check_save_path(save_path, "--compat-save-baseline")
+            if baseline_path is not None:
+                snapshot = load_snapshot(baseline_path)
         except CompatInputError as error:
             raise pytest.UsageError(str(error)) from None
     return CompatOptions(
         old_adapter=old_adapter, new_adapter=new_adapter, old_base=old_base, new_base=new_base,
         report_dir=report_dir, cache_dir=cache_dir, limit=limit, batch_size=batch_size,
         device=device, noise_margin=_non_negative_float(config, "compat_noise_margin"),
+        save_baseline=save_path, baseline=snapshot,
         **trust,
     )
+
+
+def _check_mode(old_adapter: Path | None, new_adapter: Path | None, save_path: Path | None,
+                baseline_path: Path | None) -> None:
+    """Which adapters / snapshot options go together (pytest.UsageError, one line, otherwise)."""
+    if baseline_path is not None:
+        if old_adapter is not None:
+            raise pytest.UsageError("--old-adapter and --compat-baseline are both given; the snapshot stands for the "
+                                    "old stack: drop --old-adapter (or --compat-baseline to load the old model)")
+        if save_path is not None:
+            raise pytest.UsageError("--compat-save-baseline and --compat-baseline are both given; save a snapshot "
+                                    "(with --old-adapter) or gate against one (with --new-adapter), not both")
+        if new_adapter is None:
+            raise pytest.UsageError("--compat-baseline is given but --new-adapter is not; pass the adapter to gate "
+                                    "against the snapshot: --new-adapter PATH")
+    elif save_path is not None:
+        if old_adapter is None:
+            raise pytest.UsageError("--compat-save-baseline is given but --old-adapter is not; pass the adapter whose "
+                                    "predictions to save: --old-adapter PATH")
+        if new_adapter is not None:
+            raise pytest.UsageError("--compat-save-baseline scores the old stack only; drop --new-adapter (gate it "
+                                    "later with --compat-baseline FILE --new-adapter PATH)")
+    elif (old_adapter is None) != (new_adapter is None):
+        given, missing = ("old_adapter", "new_adapter") if new_adapter is None else ("new_adapter", "old_adapter")
+        raise pytest.UsageError(f"{_flag(given)} is given but {_flag(missing)} is not; pass both adapters "
+                                f"(or --old-adapter with --compat-save-baseline FILE, or --compat-baseline FILE "
+                                f"with --new-adapter)")
 
 
 # ---------------------------------------------------------------- session state
@@ -220,13 +277,21 @@ class CompatSession:
     def __init__(self, options: CompatOptions) -> None:
         self.options = options
         self.records: list[dict[str, Any]] = []    # gathered from test reports (controller side)
+        self.baseline_entries: list[dict[str, Any]] = []   # --compat-save-baseline: scored tasks (controller)
+        self.baseline_message: str | None = None   # what became of the snapshot (terminal summary)
+        self.refused = False                        # a usage error stopped the run: write nothing
         self._stacks: dict[str, Any] = {}
         self._load_errors: dict[str, str] = {}
 
     def stack(self, which: str) -> Any:
         """The ``old`` or ``new`` Stack, loaded on first use (skips the test without adapters)."""
-        if not self.options.stacks_given:
+        mode = self.options.mode
+        if mode is None:
             pytest.skip(SKIP_REASON)
+        if which == "new" and mode == "save":
+            pytest.skip("modelcompat: --compat-save-baseline scores the old stack only; there is no new stack")
+        if which == "old" and mode == "baseline":
+            pytest.skip("modelcompat: --compat-baseline stands for the old stack; no old model is loaded")
         if which in self._load_errors:      # fail every later test at once, without reloading
             pytest.fail(self._load_errors[which], pytrace=False)
         if which not in self._stacks:
@@ -249,28 +314,35 @@ class CompatSession:
         from pytest_modelcompat.progress import make_progress
         from pytest_modelcompat.report import muscle_train_command, stack_meta, task_record
 
-        old, new = self.stack("old"), self.stack("new")
-        cache = None
-        if self.options.cache_dir is not None:
-            from pytest_modelcompat.cache import ResultCache
-
-            cache = ResultCache(self.options.cache_dir)
+        snapshot = self.options.baseline
+        if self.options.mode == "save":
+            self.save_task(item, task)
+            pytest.skip(f"modelcompat: task {task.name!r} scored for the baseline snapshot; nothing is gated in a "
+                        f"--compat-save-baseline run")
+        old = snapshot if snapshot is not None else self.stack("old")
+        new = self.stack("new")
+        cache = self._cache()
         # Long evaluations show a rich bar on the real terminal (pytest's capture suspended);
         # xdist workers have no terminal, so they stay quiet.
         capture = item.config.pluginmanager.getplugin("capturemanager")
         with (capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()), \
                 make_progress(transient=True, disable=_is_xdist_worker(item.config)) as progress:
-            result = evaluate_task(
-                old, new, task, limit=self.options.limit, cache=cache, batch_size=self.options.batch_size,
-                gate_override=gate, progress=progress, noise_margin=self.options.noise_margin,
-            )
+            try:
+                result = evaluate_task(
+                    old, new, task, limit=self.options.limit, cache=cache, batch_size=self.options.batch_size,
+                    gate_override=gate, progress=progress, noise_margin=self.options.noise_margin,
+                )
+            except CompatInputError as error:
+                self._refuse_baseline(item, error)
+                raise
+        old_meta = dict(snapshot.stack) if snapshot is not None else stack_meta(old)
         command = muscle_train_command(
-            suite=task.source, task=task.name, old_adapter=str(self.options.old_adapter),
-            new_adapter=str(self.options.new_adapter), old_base=self.options.old_base,
+            suite=task.source, task=task.name, old_adapter=old_meta["adapter"] if snapshot is not None
+            else str(self.options.old_adapter), new_adapter=str(self.options.new_adapter),
+            old_base=old_meta["base"] if snapshot is not None else self.options.old_base,
             new_base=self.options.new_base,
         )
-        record = task_record(result, stack_meta(old), stack_meta(new), nodeid=item.nodeid,
-                             muscle_command=command)
+        record = task_record(result, old_meta, stack_meta(new), nodeid=item.nodeid, muscle_command=command)
         item.stash.setdefault(_RECORDS, []).append(record)
         for key in JUNIT_METRICS:
             if record["entry"]["metrics"][key] is not None:
@@ -280,22 +352,110 @@ class CompatSession:
         item.user_properties.append((f"{task.name}.gate", "PASS" if result.gate.passed else "FAIL"))
         return TaskReport(result, record)
 
+    def _cache(self) -> Any:
+        if self.options.cache_dir is None:
+            return None
+        from pytest_modelcompat.cache import ResultCache
+
+        return ResultCache(self.options.cache_dir)
+
+    def save_task(self, item: pytest.Item, task: Any) -> None:
+        """--compat-save-baseline: score ``task`` with the old stack; its snapshot entry rides on the
+        test report to the controller, which writes the file at the end of the run."""
+        from pytest_modelcompat.evaluate import baseline_entry
+        from pytest_modelcompat.progress import make_progress
+        from pytest_modelcompat.report import stack_meta
+
+        old = self.stack("old")
+        capture = item.config.pluginmanager.getplugin("capturemanager")
+        with (capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()), \
+                make_progress(transient=True, disable=_is_xdist_worker(item.config)) as progress:
+            entry = baseline_entry(old, task, limit=self.options.limit, cache=self._cache(),
+                                   batch_size=self.options.batch_size, progress=progress)
+        item.stash.setdefault(_BASELINE, []).append({"stack": stack_meta(old), "entry": entry})
+
+    def _refuse_baseline(self, item: pytest.Item, error: CompatInputError) -> None:
+        """A snapshot that does not cover a task met at run time stops the run (usage error, exit 4)."""
+        from pytest_modelcompat.baseline import BaselineError
+
+        if isinstance(error, BaselineError) and not _is_xdist_worker(item.config):
+            self.refused = True
+            pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
+
+    def check_baseline_covers(self, items: list[pytest.Item]) -> None:
+        """--compat-baseline: every selected task (suite items, markers) must be in the snapshot with
+        the same fingerprint and all the instances this run evaluates: else a usage error now."""
+        from pytest_modelcompat.evaluate import effective_limit
+        from pytest_modelcompat.suite import load_instances
+
+        snapshot = self.options.baseline
+        for item in items:
+            task = getattr(item, "task", None)
+            marker = item.get_closest_marker("modelcompat") if task is None else None
+            if marker is not None:
+                name = marker.kwargs.get("task", marker.args[0] if marker.args else None)
+                try:
+                    task = task_spec(name, marker.kwargs.get("suite"), item.path, item.config.rootpath)
+                except CompatInputError:
+                    continue            # the test itself reports it
+            if task is None or task.lm_eval is not None:
+                continue                # lm-eval tasks resolve slowly: checked when evaluated
+            try:
+                snapshot.check_instances(task, load_instances(task, limit=effective_limit(self.options.limit,
+                                                                                          task.limit)))
+            except CompatInputError as error:
+                self.refused = True
+                raise pytest.UsageError(str(error)) from None
+
     # Hooks of this object (registered as a plugin in pytest_configure).
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if self.options.baseline is not None:
+            self.check_baseline_covers(items)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.records.extend(getattr(report, "modelcompat_records", ()))
+        self.baseline_entries.extend(getattr(report, "modelcompat_baseline", ()))
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if _is_xdist_worker(session.config) or not self.records:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if _is_xdist_worker(session.config) or self.refused:
             return
-        if self.options.report_dir is not None:
+        if self.options.mode == "save":
+            self._write_baseline(exitstatus)
+        if self.records and self.options.report_dir is not None:
             from pytest_modelcompat.report import write_reports
 
             write_reports(self.options.report_dir, self.records)
 
+    def _write_baseline(self, exitstatus: int) -> None:
+        from pytest_modelcompat.baseline import write_snapshot
+
+        path = self.options.save_baseline
+        if exitstatus != pytest.ExitCode.OK:
+            self.baseline_message = f"modelcompat: baseline snapshot NOT written to {path}: the run did not pass"
+            return
+        if not self.baseline_entries:
+            self.baseline_message = f"modelcompat: no task was scored; baseline snapshot NOT written to {path}"
+            return
+        stacks = {item["stack"]["fingerprint"]: item["stack"] for item in self.baseline_entries}
+        (stack,) = stacks.values()          # one old stack per run
+        try:
+            write_snapshot(path, stack, [item["entry"] for item in self.baseline_entries])
+        except CompatInputError as error:
+            self.baseline_message = f"modelcompat: baseline snapshot NOT written: {error}"
+            return
+        entries = {item["entry"]["name"] for item in self.baseline_entries}
+        self.baseline_message = (f"modelcompat: baseline snapshot written to {path} ({len(entries)} task(s); old "
+                                 f"stack {stack['fingerprint'][:12]})")
+
     def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:
-        if _is_xdist_worker(config) or not self.records:
+        if _is_xdist_worker(config):
+            return
+        if self.baseline_message:
+            terminalreporter.write_line(self.baseline_message)
+        if not self.records:
             return
         from pytest_modelcompat.report import terminal_table
 
@@ -308,6 +468,7 @@ class CompatSession:
 
 _SESSION = pytest.StashKey[CompatSession]()
 _RECORDS = pytest.StashKey[list]()
+_BASELINE = pytest.StashKey[list]()
 _MARKER_REPORT = pytest.StashKey[Any]()
 
 
@@ -460,7 +621,11 @@ class TaskItem(pytest.Item):
             pytest.skip(SKIP_REASON)
 
     def runtest(self) -> None:
-        _session(self.config).evaluate(self, self.task).assert_gate()
+        session = _session(self.config)
+        if session.options.mode == "save":
+            session.save_task(self, self.task)      # scored for the snapshot: passes, nothing to gate
+            return
+        session.evaluate(self, self.task).assert_gate()
 
     def repr_failure(self, excinfo, style=None):
         if excinfo.errisinstance(CompatInputError):
@@ -482,6 +647,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         # A plain attribute of the report survives xdist's report serialisation unchanged.
         report.modelcompat_records = list(records)
         records.clear()
+    entries = item.stash.get(_BASELINE, None)
+    if entries:
+        report.modelcompat_baseline = list(entries)
+        entries.clear()
     return report
 
 

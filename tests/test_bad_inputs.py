@@ -388,8 +388,10 @@ def test_nonfinite_loglikelihoods_fail_the_gate_and_are_never_correct(scenario, 
 @pytest.mark.parametrize(("argv", "fragments"), [
     ([], ["muscle: the following arguments are required: command", "muscle --help"]),
     (["bogus"], ["invalid choice: 'bogus'", "muscle --help"]),
-    (["eval", "--suite", "s.yaml"], ["muscle eval: the following arguments are required: --old-adapter",
-                                     "muscle eval --help"]),
+    (["eval"], ["muscle eval: the following arguments are required: --suite", "muscle eval --help"]),
+    (["eval", "--suite", "s.yaml"], ["--old-adapter and --new-adapter missing: pass --old-adapter A1 "
+                                     "--new-adapter A2 (or --old-adapter A1 --save-baseline FILE, or "
+                                     "--baseline FILE --new-adapter A2)"]),
     (["train", "--epochs", "three"], ["muscle train: argument --epochs: invalid int value: 'three'",
                                       "muscle train --help"]),
     (["finetune", "--suite", "s.yaml", "--task", "t", "--base", "b", "--output", "o", "--mask", "paper"],

@@ -88,7 +88,8 @@ def test_without_adapters_gate_tests_are_skipped_with_a_reason(project):
     result = project.runpytest("-rs", "--strict-markers")
     result.assert_outcomes(skipped=5)
     reason = ("modelcompat: no stacks to compare; pass --old-adapter PATH and --new-adapter PATH "
-              "(or ini modelcompat_old_adapter / modelcompat_new_adapter)")
+              "(or ini modelcompat_old_adapter / modelcompat_new_adapter), or --compat-baseline FILE "
+              "and --new-adapter PATH")
     skips = [line for line in result.stdout.lines if line.startswith("SKIPPED [")]
     assert sum(int(line.split("[")[1].split("]")[0]) for line in skips) == 5
     assert all(line.endswith(reason) for line in skips)
