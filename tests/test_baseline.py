@@ -346,3 +346,13 @@ def test_evaluate_task_accepts_a_snapshot_for_the_old_side(tmp_path):
     assert result.metrics["n"] == 12
     assert [p.pred for p in result.old] == [i % 2 for i in range(12)]
     assert result.metrics["acc_old"] == 1.0 and result.metrics["acc_new"] == 0.5
+
+
+def test_xdist_save_writes_the_serial_snapshot(project):
+    # one worker keeps it fast; the worker scores, the controller writes from the shipped reports
+    serial = project.runpytest("--old-adapter", str(project.old_adapter), "--compat-save-baseline", "serial.json",
+                               *project.common)
+    parallel = project.runpytest("--old-adapter", str(project.old_adapter), "--compat-save-baseline", "parallel.json",
+                                 *project.common, "--compat-cache", str(project.path / "cache2"), "-n", "1")
+    assert serial.ret == parallel.ret == pytest.ExitCode.OK
+    assert (project.path / "parallel.json").read_bytes() == (project.path / "serial.json").read_bytes()
