@@ -301,10 +301,10 @@ def test_muscle_train_refuses_different_vocabularies(scenario, capsys, tmp_path)
     out = tmp_path / "a2c"
     code, err = run_muscle(["train", "--suite", str(scenario.suite), "--task", "yesno", "--old-adapter",
                             str(scenario.old_adapter), "--old-base", str(other_base), "--new-adapter",
-                            str(scenario.new_adapter), "--output", str(out), "--device", "cpu", "--epochs", "1"],
-                           capsys)
+                            str(scenario.new_adapter), "--output", str(out), "--device", "cpu", "--epochs", "1",
+                            "--objective", "token"], capsys)
     assert code == 2
-    assert_one_error_line(err, ["different tokenizer vocabularies", "use bases that share a tokenizer"])
+    assert_one_error_line(err, ["different tokenizer vocabularies", "use --objective choice"])
     assert not out.exists() and not out.with_name(".a2c.work").exists()
 
 

@@ -305,3 +305,20 @@ def test_vocabulary_mismatch_is_refused(task_dir, adapters, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "different tokenizer vocabularies" in err and "--objective choice" in err
+
+
+def test_choice_objective_trains_across_different_tokenizers(task_dir, adapters, tiny_base_v2, tmp_path):
+    from tests import tiny
+
+    # An old stack whose tokenizer splits the text differently (its vocabulary lacks the merges
+    # of the tiny corpus' words): only the teachers' predictions cross over, never token ids.
+    other_tok = tmp_path / "tok"
+    tiny.build_tokenizer(other_tok, vocab_size=300)
+    other_base = tiny.build_base(tmp_path / "base", other_tok, seed=5)
+    old = tiny.build_adapter(tmp_path / "a1_other", other_base, seed=7)
+    _, a2 = adapters
+    record = _train(task_dir, (old, a2), tmp_path / "compat", "train", "pick", "--objective", "choice", epochs="1")
+    assert record["teachers"] == "predictions" and record["epochs"][0]["val"]["acc_old"] is not None
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(other_tok).get_vocab() != AutoTokenizer.from_pretrained(tiny_base_v2).get_vocab()

@@ -14,7 +14,7 @@ _CORPUS = [
 ] * 4
 
 
-def build_tokenizer(out: Path) -> Path:
+def build_tokenizer(out: Path, vocab_size: int = 400) -> Path:
     """Train a small byte-level BPE tokenizer and save it as a transformers tokenizer dir."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -23,7 +23,7 @@ def build_tokenizer(out: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
