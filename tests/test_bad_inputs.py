@@ -7,6 +7,7 @@ docs/troubleshooting.md lists the same matrix for users.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -42,12 +43,13 @@ class Scenario:
     """One run's inputs; a case damages some of them. The same scenario feeds both entry points."""
 
     root: Path
-    old_adapter: Path
-    new_adapter: Path
+    old_adapter: Path | None        # None: the option is left out
+    new_adapter: Path | None
     suite: Path = None
     out: Path = None
     muscle_extra: list[str] = field(default_factory=list)
     pytest_extra: list[str] = field(default_factory=list)
+    never_written: list[Path] = field(default_factory=list)   # outputs a refused run must not leave behind
 
     def write(self, name: str, text: str) -> Path:
         (self.root / name).write_text(text, encoding="utf-8")
@@ -64,15 +66,29 @@ class Scenario:
         self.muscle_extra += args
         self.pytest_extra += args
 
+    def baseline(self, path: Path) -> None:
+        """Gate against the snapshot ``path``: `muscle eval --baseline` / `pytest --compat-baseline`."""
+        self.muscle_extra += ["--baseline", str(path)]
+        self.pytest_extra += ["--compat-baseline", str(path)]
+
+    def save_baseline(self, path: Path) -> None:
+        """`muscle eval --save-baseline` / `pytest --compat-save-baseline`: ``path`` must not appear."""
+        self.muscle_extra += ["--save-baseline", str(path)]
+        self.pytest_extra += ["--compat-save-baseline", str(path)]
+        self.never_written.append(path)
+
+    def adapters(self) -> list[str]:
+        return [arg for flag, adapter in (("--old-adapter", self.old_adapter), ("--new-adapter", self.new_adapter))
+                if adapter is not None for arg in (flag, str(adapter))]
+
     def muscle_argv(self) -> list[str]:
-        return ["eval", "--suite", str(self.suite), "--old-adapter", str(self.old_adapter), "--new-adapter",
-                str(self.new_adapter), "--device", "cpu", "--report", str(self.out), *self.muscle_extra]
+        return ["eval", "--suite", str(self.suite), *self.adapters(), "--device", "cpu", "--report", str(self.out),
+                *self.muscle_extra]
 
     def pytest_argv(self) -> list[str]:
-        return [str(self.suite), "--old-adapter", str(self.old_adapter), "--new-adapter", str(self.new_adapter),
-                "--compat-device", "cpu", "--compat-report", str(self.out), "--compat-cache",
-                str(self.root / "cache"), "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-                *self.pytest_extra]
+        return [str(self.suite), *self.adapters(), "--compat-device", "cpu", "--compat-report", str(self.out),
+                "--compat-cache", str(self.root / "cache"), "-p", "no:cacheprovider", "-W",
+                "ignore::pytest.PytestAssertRewriteWarning", *self.pytest_extra]
 
 
 def _rows(**changes) -> str:
@@ -193,6 +209,80 @@ def report_dir_is_a_file(s):
     s.out = s.write("report", "a file, not a directory")
 
 
+def write_baseline(s, *, name: str = "yesno", limit: int | None = None, schema_version: int = 1) -> Path:
+    """A snapshot of the scenario's task as `--compat-save-baseline` writes it, made by hand (no model)."""
+    from pytest_modelcompat.baseline import task_entry, write_snapshot
+    from pytest_modelcompat.evaluate import Prediction
+    from pytest_modelcompat.suite import load_instances, load_suite
+
+    [task] = load_suite(s.suite)
+    task = dataclasses.replace(task, name=name)
+    instances = load_instances(task, limit=limit)
+    predictions = [Prediction(pred=0, correct=instance.gold == 0, score=-1.0, logliks=[-1.0, -1.5])
+                   for instance in instances]
+    stack = {"adapter": str(s.old_adapter), "base": "tiny-base", "fingerprint": "f" * 64}
+    path = write_snapshot(s.root / "baseline.json", stack, [task_entry(task, instances, predictions)])
+    if schema_version != 1:
+        path.write_text(path.read_text().replace('"schema_version": 1,', f'"schema_version": {schema_version},'))
+    return path
+
+
+def gate_against(s, path: Path) -> None:
+    """The new adapter against the snapshot ``path``; no --old-adapter."""
+    s.old_adapter = None
+    s.baseline(path)
+
+
+def baseline_missing(s):
+    gate_against(s, s.root / "no-such-baseline.json")
+
+
+def baseline_corrupt(s):
+    gate_against(s, s.write("baseline.json", '{"format": "pytest-modelcompat-baseline", "schema'))
+
+
+def baseline_other_version(s):
+    gate_against(s, write_baseline(s, schema_version=2))
+
+
+def baseline_task_changed(s):
+    path = write_baseline(s)
+    s.write("data.jsonl", _rows(label=0))   # the task's data changed since the snapshot: its fingerprint differs
+    gate_against(s, path)
+
+
+def baseline_task_missing(s):
+    gate_against(s, write_baseline(s, name="other"))
+
+
+def baseline_lacks_instances(s):
+    gate_against(s, write_baseline(s, limit=3))
+
+
+def baseline_and_old_adapter(s):
+    s.baseline(write_baseline(s))
+
+
+def baseline_without_new_adapter(s):
+    gate_against(s, write_baseline(s))
+    s.new_adapter = None
+
+
+def save_baseline_with_new_adapter(s):
+    s.save_baseline(s.root / "saved.json")
+
+
+def save_baseline_without_old_adapter(s):
+    s.old_adapter = None
+    s.save_baseline(s.root / "saved.json")
+
+
+def save_baseline_and_baseline(s):
+    gate_against(s, write_baseline(s))
+    s.new_adapter = None
+    s.save_baseline(s.root / "saved.json")
+
+
 # (case, the damage, fragments of the one line: problem ... fix, pytest exit code)
 MATRIX = [
     ("missing adapter dir", missing_adapter, ["no-such-adapter", "PEFT adapter"], USAGE),
@@ -219,6 +309,38 @@ MATRIX = [
     ("report dir not writable", report_dir_not_writable, ["file.txt' is a file, not a directory", "choose another path"],
      USAGE),
     ("report dir is a file", report_dir_is_a_file, ["is a file, not a directory", "choose a directory path"], USAGE),
+    ("baseline snapshot missing", baseline_missing,
+     ["baseline snapshot ", "no-such-baseline.json does not exist; write it first with the old adapter: ",
+      "--old-adapter A1 --", "save-baseline ", "no-such-baseline.json"], USAGE),
+    ("baseline snapshot corrupt", baseline_corrupt,
+     ["baseline.json is not usable (not valid JSON: ", "write a new one with --compat-save-baseline (pytest) "
+      "or --save-baseline (muscle eval) and the old adapter"], USAGE),
+    ("baseline snapshot of another schema version", baseline_other_version,
+     ["baseline.json has schema_version 2; this pytest-modelcompat reads version 1: re-save it with this "
+      "version (--compat-save-baseline / muscle eval --save-baseline)"], USAGE),
+    ("baseline snapshot task changed", baseline_task_changed,
+     ["task 'yesno' changed since the baseline snapshot ", "was saved (its fingerprint differs: data, template "
+      "or lm-eval task); refresh it: ", "--old-base tiny-base --", "save-baseline "], USAGE),
+    ("baseline snapshot task missing", baseline_task_missing,
+     ["task 'yesno' is not in the baseline snapshot ", "(it has: other); refresh it: ", "save-baseline "], USAGE),
+    ("baseline snapshot lacks instances", baseline_lacks_instances,
+     ["task 'yesno': the baseline snapshot ", "lacks 3 of the 6 instances this run evaluates (ids 3, 4, 5; "
+      "saved with a smaller limit?); refresh it: "], USAGE),
+    ("baseline and old adapter both given", baseline_and_old_adapter,
+     ["--old-adapter and --", "baseline are both given; the snapshot stands for the old stack: drop "
+      "--old-adapter (or --", "baseline to load the old model)"], USAGE),
+    ("baseline without new adapter", baseline_without_new_adapter,
+     ["baseline is given but --new-adapter is not; pass the adapter to gate against the snapshot: "
+      "--new-adapter PATH"], USAGE),
+    ("save baseline with new adapter", save_baseline_with_new_adapter,
+     ["save-baseline scores the old stack only; drop --new-adapter (gate it later with --",
+      "baseline FILE --new-adapter PATH)"], USAGE),
+    ("save baseline without old adapter", save_baseline_without_old_adapter,
+     ["save-baseline is given but --old-adapter is not; pass the adapter whose predictions to save: "
+      "--old-adapter PATH"], USAGE),
+    ("save baseline and baseline both given", save_baseline_and_baseline,
+     ["save-baseline and --", "baseline are both given; save a snapshot (with --old-adapter) or gate against "
+      "one (with --new-adapter), not both"], USAGE),
 ]
 CASES = [pytest.param(damage, fragments, code, id=name) for name, damage, fragments, code in MATRIX]
 
@@ -248,6 +370,7 @@ def test_muscle_eval_refuses_with_one_line(scenario, capsys, damage, fragments, 
     assert code == 2, err
     assert_one_error_line(err, fragments)
     assert scenario.out.exists() == report_was_there  # nothing written, nothing half-written
+    assert not any(path.exists() for path in scenario.never_written)
 
 
 @pytest.mark.parametrize(("damage", "fragments", "pytest_code"), CASES)
@@ -267,6 +390,7 @@ def test_pytest_plugin_refuses_with_one_line(scenario, pytester, damage, fragmen
     for fragment in fragments:
         assert fragment in line, output
     assert scenario.out.exists() == report_was_there
+    assert not any(path.exists() for path in scenario.never_written)
 
 
 # ------------------------------------------------------------------------------ cases needing models
