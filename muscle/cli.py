@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ensemble-weight", type=float, default=0.5, help="M1's share in that ensemble")
     train.add_argument("--focal-weight", type=float, default=0.0,
                        help="choice/sequence: instances M1 gets right weigh 1 + this")
+    train.add_argument("--train-on", choices=("disagreement", "all"), default="disagreement",
+                       help="choice: train on the instances whose target differs from A2's choice distribution "
+                            "(plus as many others as anchors), or on all")
     train.add_argument("--acc-tolerance", type=float, default=0.005,
                        help="epoch selection: validation accuracy (score) may fall this far below A2's")
     train.add_argument("--precompute-teachers", action="store_true",
@@ -137,7 +140,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(mode="train", old_adapter=args.old_adapter, new_adapter=args.new_adapter,
                        old_base=args.old_base, base=args.new_base, objective=args.objective, mask=args.mask,
                        temperature=args.temperature, ce_weight=args.ce_weight, new_target=args.new_target,
-                       ensemble_weight=args.ensemble_weight, focal_weight=args.focal_weight,
+                       ensemble_weight=args.ensemble_weight, focal_weight=args.focal_weight, train_on=args.train_on,
                        acc_tolerance=args.acc_tolerance, precompute_teachers=args.precompute_teachers,
                        top_k=args.top_k, cache=args.cache, no_cache=args.no_cache, **common)
 

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 DEFAULT_OBJECTIVE = {"multiple_choice": "choice", "exact_match": "sequence", "generative": "sequence"}
 # The mask each objective uses when --mask is not given.
 DEFAULT_MASK = {"token": "paper", "choice": "old-correct", "sequence": "paper"}
+# choice: an instance "has something to teach" when its target is at least this far (nats) from A2's
+# choice distribution before training; e.g. a (0.99, 0.01) target vs A2's (0.999, 0.001) at T = 2.
+FOCUS_KL = 0.01
 OBJECTIVE_KINDS = {"token": ("multiple_choice", "exact_match", "generative"),
                    "choice": ("multiple_choice",), "sequence": ("exact_match", "generative")}
 
@@ -83,6 +86,19 @@ def teacher_predictions(stack_ref: tuple[str, str | None], task: TaskSpec, insta
         gc.collect()
 
 
+def mean_loss(objective, model, loader) -> float:
+    """The objective's loss over a loader, weighted by batch size (validation, no gradient)."""
+    import torch
+
+    total = count = 0
+    with torch.no_grad():
+        for batch in loader:
+            n = len(batch["index"]) if "index" in batch else len(batch["weight"])
+            total += objective.loss(model, batch)[0].item() * n
+            count += n
+    return total / count
+
+
 # ------------------------------------------------------------------------------------ finetune / token
 
 
@@ -94,11 +110,14 @@ class TokenObjective:
         self.teachers = teachers   # callable(model, batch) → (M1, M2) logits or top-k; None: finetune
         self.device = device
 
-    def items(self, instances: list[Instance], start: int = 0):
+    def items(self, instances: list[Instance], start: int = 0, train: bool = False):
         return build_examples(self.tokenizer, self.task, instances, self.config.max_length, start_index=start)
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         return collate(items, self.pad_id)
+
+    def validation_loss(self, model, loader, predictions) -> float:
+        return mean_loss(self, model, loader)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         import torch
@@ -135,40 +154,77 @@ class ChoiceObjective:
         self.old, self.new = teachers["old"], teachers["new"]
         self.model_config = model_config
 
-    def items(self, instances: list[Instance], start: int = 0) -> list[ChoiceItem]:
-        return [ChoiceItem(inst, tuple(self.old[inst.id].logliks), tuple(self.new[inst.id].logliks))
-                for inst in instances]
+    def items(self, instances: list[Instance], start: int = 0, train: bool = False) -> list[ChoiceItem]:
+        items = [ChoiceItem(inst, tuple(self.old[inst.id].logliks), tuple(self.new[inst.id].logliks))
+                 for inst in instances]
+        if train and self.config.train_on == "disagreement":
+            return self._informative_with_anchors(items)
+        return items
+
+    def _informative_with_anchors(self, items: list[ChoiceItem]) -> list[ChoiceItem]:
+        """The instances with something to teach — KL(target ‖ A2's distribution) ≥ FOCUS_KL before
+        training — plus as many of the others, drawn at random (seeded), as anchors that hold the
+        student where it already agrees. An instance whose target equals A2's distribution has a
+        zero gradient at the start, so this spends the student passes where the loss is."""
+        import random
+
+        from muscle.losses.choice import starting_divergence
+
+        c = self.config
+        old, new, gold, lengths = self._teacher_tensors(items)
+        divergence = starting_divergence(old, new, gold, lengths=lengths, mask=c.mask, temperature=c.temperature,
+                                         new_target=c.new_target, ensemble_weight=c.ensemble_weight).tolist()
+        informative = [i for i, d in enumerate(divergence) if d >= FOCUS_KL]
+        others = [i for i, d in enumerate(divergence) if d < FOCUS_KL]
+        anchors = random.Random(c.seed).sample(others, min(len(others), len(informative)))
+        return [items[i] for i in sorted(informative + anchors)]
 
     def collate(self, items: list[ChoiceItem]) -> list[ChoiceItem]:
         return items
 
-    def loss(self, model, items: list[ChoiceItem]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _padded(self, rows):
         import torch
 
-        from muscle.losses.choice import choice_loss
+        width = max(len(row) for row in rows)
+        out = torch.full((len(rows), width), float("-inf"), device=self.device)
+        for r, row in enumerate(rows):
+            out[r, :len(row)] = row if isinstance(row, torch.Tensor) else torch.tensor(row, dtype=out.dtype)
+        return out
+
+    def _teacher_tensors(self, items: list[ChoiceItem]):
+        """(M1's ℓ, M2's ℓ, gold, choice lengths or None) for a batch, choices padded with −inf."""
+        import torch
+
+        lengths = None
+        if self.task.normalize:  # acc_norm: log-likelihood per character of the choice, as the gate decides
+            lengths = self._padded([[float(len(c)) for c in it.instance.choices] for it in items]).clamp_min(1.0)
+        gold = torch.tensor([it.instance.gold for it in items], device=self.device)
+        return (self._padded([it.old_logliks for it in items]), self._padded([it.new_logliks for it in items]),
+                gold, lengths)
+
+    def loss(self, model, items: list[ChoiceItem]) -> tuple[torch.Tensor, dict[str, float]]:
         from pytest_modelcompat.engine import packed_choice_loglikelihoods
 
         delimiter = self.task.delimiter
         requests = [(it.instance.context, [delimiter + c for c in it.instance.choices]) for it in items]
         per_request = packed_choice_loglikelihoods(model, self.tokenizer, requests, device=self.device,
                                                    config=self.model_config)
-        width = max(len(it.instance.choices) for it in items)
+        return self.loss_from_logliks(items, self._padded([row.float() for row in per_request]))
 
-        def padded(rows):
-            out = torch.full((len(items), width), float("-inf"), device=self.device)
-            for r, row in enumerate(rows):
-                out[r, :len(row)] = row if isinstance(row, torch.Tensor) else torch.tensor(row)
-            return out
+    def loss_from_logliks(self, items: list[ChoiceItem], student) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss given the student's choice log-likelihoods (validation reuses the gate's scores)."""
+        from muscle.losses.choice import choice_loss
 
-        lengths = None
-        if self.task.normalize:  # acc_norm: log-likelihood per character of the choice, as the gate decides
-            lengths = padded([[float(len(c)) for c in it.instance.choices] for it in items]).clamp_min(1.0)
-        student = padded([row.float() for row in per_request])
-        gold = torch.tensor([it.instance.gold for it in items], device=self.device)
         c = self.config
-        return choice_loss(student, padded([it.old_logliks for it in items]), padded([it.new_logliks for it in items]),
-                           gold, lengths=lengths, mask=c.mask, temperature=c.temperature, new_target=c.new_target,
-                           ensemble_weight=c.ensemble_weight, focal_weight=c.focal_weight, ce_weight=c.ce_weight)
+        old, new, gold, lengths = self._teacher_tensors(items)
+        return choice_loss(student, old, new, gold, lengths=lengths, mask=c.mask, temperature=c.temperature,
+                           new_target=c.new_target, ensemble_weight=c.ensemble_weight, focal_weight=c.focal_weight,
+                           ce_weight=c.ce_weight)
+
+    def validation_loss(self, model, loader, predictions) -> float:
+        """From the student's validation predictions (the gate's scores): no second forward."""
+        items = [item for batch in loader for item in batch]
+        return self.loss_from_logliks(items, self._padded([p.logliks for p in predictions]))[0].item()
 
 
 # ----------------------------------------------------------------------------------------- sequence
@@ -187,7 +243,7 @@ class SequenceObjective:
             return float(bool(prediction.correct))
         return float(prediction.score)
 
-    def items(self, instances: list[Instance], start: int = 0):
+    def items(self, instances: list[Instance], start: int = 0, train: bool = False):
         from dataclasses import replace
 
         from muscle.losses.sequence import focal_weights, pick_targets, target_texts
@@ -212,6 +268,9 @@ class SequenceObjective:
                 "gold": collate([g for _, g, _, _ in items], self.pad_id),
                 "weight": torch.tensor([w for _, _, w, _ in items]),
                 "use_old": torch.tensor([float(m) for _, _, _, m in items])}
+
+    def validation_loss(self, model, loader, predictions) -> float:
+        return mean_loss(self, model, loader)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         from muscle.losses.sequence import sequence_loss

@@ -74,6 +74,7 @@ class TrainConfig:
     new_target: str = "m2"              # choice: where the mask says "new", M2 or the M1/M2 ensemble
     ensemble_weight: float = 0.5        # M1's share in that ensemble
     focal_weight: float = 0.0           # choice/sequence: extra weight on instances M1 gets right
+    train_on: str = "disagreement"      # choice: instances with something to teach (+ anchors), or "all"
     acc_tolerance: float = 0.005        # selection: accuracy (score) may drop this much below epoch 0's
     select: Literal["nfr", "loss"] | None = None   # default: nfr for train, loss for finetune
     precompute_teachers: bool = False
@@ -121,7 +122,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         recipe.setup()
         if not recipe.history.epochs:
             recipe.history.epochs.append({"epoch": 0, "val": recipe.validate(0)})
-        for epoch in range(recipe.history.epoch + 1, recipe.config.epochs + 1):
+        for epoch in range(recipe.history.epoch + 1, recipe.config.epochs + 1 if recipe.train_loader else 1):
             train_stats = recipe.train_epoch(epoch)
             recipe.history.epoch = epoch
             recipe.history.epochs.append({"epoch": epoch, "train": train_stats, "val": recipe.validate(epoch)})
@@ -180,11 +181,14 @@ class Recipe:
             else self.tokenizer.eos_token_id
         self.old_val = self._old_val_predictions()
         self.objective = self._objective()
-        train_items = self.objective.items(self.train_inst)
+        train_items = self.objective.items(self.train_inst, train=True)
         self.val_items = self.objective.items(self.val_inst, start=len(train_items))
         self._attach_teacher_stores(train_items + self.val_items)
+        if not train_items and self.main:
+            self.progress.console.print("nothing to train on: every train instance's target already equals A2's "
+                                        "behaviour; the output is A2 (epoch 0)")
 
-        self.train_loader = DataLoader(train_items, batch_size=config.batch_size, shuffle=True,
+        self.train_loader = DataLoader(train_items, batch_size=config.batch_size, shuffle=bool(train_items),
                                        collate_fn=self.objective.collate)
         self.val_loader = DataLoader(self.val_items, batch_size=config.batch_size, shuffle=False,
                                      collate_fn=self.objective.collate)
@@ -295,21 +299,15 @@ class Recipe:
 
     def validate(self, epoch: int) -> dict[str, Any]:
         """Validation loss, and the gate's metrics of the student against M1 on the validation split."""
-        import torch
-
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        total = count = 0.0
-        with torch.no_grad():
-            for batch in self.val_loader:
-                n = len(batch) if isinstance(batch, list) else len(next(iter(_tensors(batch))))
-                total += self.objective.loss(model, batch)[0].item() * n
-                count += n
-        val: dict[str, Any] = {"loss": total / count}
+        preds = None
         if self.config.mode == "train" or self.task.kind == "multiple_choice":
             preds = _predictions(model, self.tokenizer, self.task, self.val_inst, base=self.base,
                                  label=f"epoch-{epoch}", device=self.device,
                                  batch_size=max(self.config.batch_size, 16), progress=self.progress)
+        val: dict[str, Any] = {"loss": self.objective.validation_loss(model, self.val_loader, preds)}
+        if preds is not None:
             old = [self.old_val[inst.id] for inst in self.val_inst] if self.old_val else None
             val |= _prediction_metrics(self.task, old, preds)
         model.train()
@@ -370,6 +368,8 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--objective {config.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
     if config.mask is not None and config.mask not in MASKS:
         raise CompatInputError(f"--mask {config.mask!r} is unknown; choose one of {', '.join(MASKS)}")
+    if config.train_on not in ("disagreement", "all"):
+        raise CompatInputError(f"--train-on {config.train_on!r} is unknown; choose disagreement or all")
     if config.new_target not in NEW_TARGETS:
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
     for name in ("epochs", "batch_size", "max_length", "rank", "top_k"):
@@ -473,14 +473,6 @@ def _student(config: TrainConfig, device: str):
     if config.objective == "token":
         attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
     return model, tokenizer, model.base_model.model.name_or_path
-
-
-def _tensors(batch):
-    for value in batch.values():
-        if isinstance(value, dict):
-            yield from _tensors(value)
-        else:
-            yield value
 
 
 def _predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int, progress):

@@ -155,7 +155,8 @@ def test_the_same_run_with_a_broken_mask_or_teachers_does_not_move_nfr(task_dir,
     break_it(monkeypatch)
     record = _train(task_dir, adapters, tmp_path / "compat", "train_noisy", task, "--objective", OBJECTIVE[task],
                     "--mask", "none")
-    assert _nfr(record) > _nfr(record, 0) / 2
+    last = record["epochs"][-1]["epoch"]   # the choice objective may find nothing to teach and not train
+    assert _nfr(record, last) > _nfr(record, 0) / 2
 
 
 def test_token_objective_cuts_validation_nfr(task_dir, adapters, tmp_path):

@@ -56,11 +56,8 @@ def instance_mask(mask: str, student: torch.Tensor, old: torch.Tensor, gold: tor
     return m.to(student.dtype)
 
 
-def choice_loss(student: torch.Tensor, old: torch.Tensor, new: torch.Tensor, gold: torch.Tensor, *,
-                lengths: torch.Tensor | None = None, mask: str = "old-correct", temperature: float = 2.0,
-                new_target: str = "m2", ensemble_weight: float = 0.5, focal_weight: float = 0.0,
-                ce_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss above. ``student``/``old``/``new``: choice log-likelihoods [n, C] (−inf pads)."""
+def _terms(student, old, new, gold, lengths, mask, temperature, new_target, ensemble_weight, focal_weight):
+    """Per instance: (KL(t ‖ p_S), focal weight a, mask m, the student's log-probs at T = 1)."""
     log_p_s = choice_log_probs(student, lengths, temperature)
     p_old = choice_log_probs(old, lengths, temperature).exp()
     p_new = choice_log_probs(new, lengths, temperature).exp()
@@ -75,9 +72,29 @@ def choice_loss(student: torch.Tensor, old: torch.Tensor, new: torch.Tensor, gol
     finite = torch.isfinite(log_p_s)
     kl = (torch.xlogy(target, target) - torch.where(finite, target * log_p_s, 0.0)).sum(-1)
     weight = 1 + focal_weight * (old_at_1.argmax(-1) == gold).to(kl.dtype)
+    return kl, weight, m, student_at_1
+
+
+def choice_loss(student: torch.Tensor, old: torch.Tensor, new: torch.Tensor, gold: torch.Tensor, *,
+                lengths: torch.Tensor | None = None, mask: str = "old-correct", temperature: float = 2.0,
+                new_target: str = "m2", ensemble_weight: float = 0.5, focal_weight: float = 0.0,
+                ce_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss above. ``student``/``old``/``new``: choice log-likelihoods [n, C] (−inf pads)."""
+    kl, weight, m, student_at_1 = _terms(student, old, new, gold, lengths, mask, temperature, new_target,
+                                         ensemble_weight, focal_weight)
     comp = (weight * kl).sum() / weight.sum()
     ce = F.cross_entropy(choice_log_probs(student, lengths, 1.0), gold)
     loss = (1 - ce_weight) * comp + ce_weight * ce if ce_weight else comp
     stats = {"loss": loss.item(), "kl": comp.item(), "ce": ce.item(), "mask_old": m.mean().item(),
              "student_acc": (student_at_1.argmax(-1) == gold).float().mean().item()}
     return loss, stats
+
+
+@torch.no_grad()
+def starting_divergence(old: torch.Tensor, new: torch.Tensor, gold: torch.Tensor, *,
+                        lengths: torch.Tensor | None = None, mask: str = "old-correct", temperature: float = 2.0,
+                        new_target: str = "m2", ensemble_weight: float = 0.5) -> torch.Tensor:
+    """Per instance, KL(t ‖ p_S) before training, when the student is still A2 (ℓ_S = ℓ_2): how much
+    the instance has to teach. Where the target already equals M2's distribution it is ~0 and so
+    is the instance's gradient."""
+    return _terms(new, old, new, gold, lengths, mask, temperature, new_target, ensemble_weight, 0.0)[0]
