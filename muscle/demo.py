@@ -75,7 +75,10 @@ def base_v2_dir() -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pytest_modelcompat.stack import quiet_third_party_output
+
     v1 = base_v1_dir()
+    quiet_third_party_output()
     model = AutoModelForCausalLM.from_pretrained(v1, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, BASE_V2_DELTA).merge_and_unload()
     with atomic_directory(out) as tmp:

@@ -457,7 +457,14 @@ def _student(config: TrainConfig, device: str):
     """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
     from peft import LoraConfig, get_peft_model
 
-    from pytest_modelcompat.stack import attach_adapter, load_base, read_adapter_config
+    from pytest_modelcompat.stack import (
+        attach_adapter,
+        load_base,
+        quiet_third_party_output,
+        read_adapter_config,
+    )
+
+    quiet_third_party_output()
 
     opts = {"device": device, "dtype": config.dtype, **config.trust()}
     if config.mode == "finetune":

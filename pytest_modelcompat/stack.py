@@ -261,6 +261,20 @@ def adapter_fingerprint(adapter: str | os.PathLike, *, allow_pickle: bool = Fals
     return _sha256_json({"config": output_config, "tensors": tensors_digest})
 
 
+def quiet_third_party_output() -> None:
+    """Keep third-party chatter out of the product's output: transformers' per-load tqdm bars
+    ("Loading weights", "Writing model shards") and its info logs, and the FutureWarning PEFT
+    triggers by reading transformers' renamed ``is_gradient_checkpointing``. Called before every
+    model load or save (idempotent); the product shows its own single rich progress instead."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def attach_adapter(model, adapter: str | os.PathLike, *, name: str = "default", trainable: bool = False,
                    allow_pickle: bool = False):
     """Put the PEFT adapter at ``adapter`` on ``model`` under ``name`` and return the PeftModel.
@@ -272,6 +286,7 @@ def attach_adapter(model, adapter: str | os.PathLike, *, name: str = "default", 
     """
     from peft import PeftModel
 
+    quiet_third_party_output()
     adapter = Path(adapter)
     check_adapter_files(adapter, allow_pickle=allow_pickle)
     base_name = model.name_or_path if hasattr(model, "name_or_path") else "the base model"
@@ -327,6 +342,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        quiet_third_party_output()
         folder, name = str(gguf_path.parent), gguf_path.name
         try:
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -461,6 +477,7 @@ def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "fl
     """
     from transformers import AutoModelForCausalLM
 
+    quiet_third_party_output()
     torch_device = resolve_device(device)
     torch_dtype = _torch_dtype(dtype)
     reference, load_from = _load_source(base)
