@@ -323,3 +323,16 @@ def test_choice_objective_trains_across_different_tokenizers(task_dir, adapters,
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(other_tok).get_vocab() != AutoTokenizer.from_pretrained(tiny_base_v2).get_vocab()
+
+
+def test_output_is_quiet_no_third_party_bars_or_warnings(task_dir, tiny_base, tmp_path, capfd):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")   # would show the FutureWarning if it were not filtered
+        code = cli.main(["finetune", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--base",
+                         str(tiny_base), "--output", str(tmp_path / "a"), "--epochs", "1", *LORA])
+    assert code == 0
+    out, err = capfd.readouterr()
+    for chatter in ("Loading weights", "Writing model shards", "FutureWarning", "it/s]"):
+        assert chatter not in out + err, chatter
