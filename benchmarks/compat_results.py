@@ -40,10 +40,10 @@ WORK = HERE / "out" / "compat"
 MC_KEYS = ("acc_old", "acc_new", "nfr", "nfr_ci", "pfr", "nfr_mc", "btc", "mcnemar_p")
 GEN_KEYS = ("score_old", "score_new", "nfr_smooth", "pfr_smooth", "m_r", "m_g")
 
-# What every compatibility row shares: 2,000 train rows (80/20 → 1,600 train / 400 validation), two
+# What every compatibility row shares: 2,000 train rows (80/20 → 1,600 train / 400 validation), three
 # epochs, batch 16, prompts + answers cut to 128 tokens. Sized to take ~20-35 min per row on 2 CPU
 # cores (a student pass costs ~1 s per PIQA instance there; choice trains on the informative subset).
-TRAIN_RECIPE = ["--limit", "2000", "--epochs", "2", "--batch-size", "16", "--max-length", "128", "--seed", "0"]
+TRAIN_RECIPE = ["--limit", "2000", "--epochs", "3", "--batch-size", "16", "--max-length", "128", "--seed", "0"]
 # variant name → extra `muscle train` options. "default" passes none: it is what a user gets.
 VARIANTS = {
     "default": [],

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a MUSCLE compatibility adapter (student init from A2)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _training_options(train, lr=5e-4)
+    _training_options(train, lr=1e-3)
     train.add_argument("--old-adapter", required=True, help="A1: the old stack's adapter dir")
     train.add_argument("--new-adapter", required=True, help="A2: the new stack's adapter dir (student init)")
     train.add_argument("--old-base", help="B1 (default: A1's base_model_name_or_path)")
