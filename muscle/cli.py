@@ -33,12 +33,14 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
                    help="allow a base model's own Python code (transformers trust_remote_code)")
 
 
-def _training_options(p: argparse.ArgumentParser, *, lr: float) -> None:
+def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
     p.add_argument("--task", required=True, help="task name in the suite; trains on its `train:` file")
     p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=lr)
+    from muscle.trainer import DEFAULT_LR
+
+    p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt cut from the left)")
     p.add_argument("--seed", type=int, default=0, help="seeds the 80/20 split, shuffling and init")
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a MUSCLE compatibility adapter (student init from A2)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _training_options(train, lr=1e-3)
+    _training_options(train, mode="train")
     train.add_argument("--old-adapter", required=True, help="A1: the old stack's adapter dir")
     train.add_argument("--new-adapter", required=True, help="A2: the new stack's adapter dir (student init)")
     train.add_argument("--old-base", help="B1 (default: A1's base_model_name_or_path)")
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     finetune = sub.add_parser("finetune", help="train a plain LoRA task adapter (cross-entropy)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _training_options(finetune, lr=2e-4)
+    _training_options(finetune, mode="finetune")
     finetune.add_argument("--base", required=True, help="base model dir, .gguf file or hub name")
     finetune.add_argument("--rank", type=int, default=8)
     finetune.add_argument("--alpha", type=float, default=16.0)

@@ -45,6 +45,9 @@ TRAINING_JSON = "muscle_training.json"
 RUN_JSON = "run.json"        # in the work dir: the config + data a checkpoint belongs to
 # Config fields that do not change what a run computes: a resume may differ in these.
 _NOT_IDENTITY = ("resume", "output")
+# Learning rates per mode: plain LoRA fine-tuning from a fresh adapter, and compatibility training
+# from A2 (measured: benchmarks/results/compat.md).
+DEFAULT_LR = {"finetune": 2e-4, "train": 1e-3}
 
 
 @dataclass
@@ -60,7 +63,7 @@ class TrainConfig:
     rank: int = 8
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    lr: float = 2e-4
+    lr: float | None = None             # None: DEFAULT_LR of the mode
     epochs: int = 3
     batch_size: int = 8
     max_length: int = 512
@@ -85,6 +88,9 @@ class TrainConfig:
     dtype: str = "float32"
     allow_pickle: bool = False
     trust_remote_code: bool = False
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
 
     def selection(self) -> str:
         return self.select or ("nfr" if self.mode == "train" else "loss")
@@ -193,7 +199,7 @@ class Recipe:
         self.val_loader = DataLoader(self.val_items, batch_size=config.batch_size, shuffle=False,
                                      collate_fn=self.objective.collate)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate(), weight_decay=0.0)
         scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(self.train_loader) * config.epochs)
         self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
             self.model, optimizer, self.train_loader, scheduler)
@@ -380,7 +386,7 @@ def preflight(config: TrainConfig):
             raise CompatInputError(f"--{name.replace('_', '-')} must be between 0 and 1")
     if config.focal_weight < 0 or config.acc_tolerance < 0:
         raise CompatInputError("--focal-weight and --acc-tolerance must be zero or positive")
-    if config.temperature <= 0 or config.lr <= 0:
+    if config.temperature <= 0 or config.learning_rate() <= 0:
         raise CompatInputError("--temperature and --lr must be positive")
     if config.limit is not None and config.limit < 1:
         raise CompatInputError(f"--limit must be a positive integer, got {config.limit}")
