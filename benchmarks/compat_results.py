@@ -15,6 +15,9 @@ Updates:
 - ``better``: v2 *better* on average than v1 and still with negative flips: A2 retrained on v2 with
   more data (``BETTER_A2_RECIPE``: 2,000 train rows instead of 600), built here with
   ``muscle finetune`` unless present.
+- ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
+  ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
+  ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
 
 Writes ``benchmarks/results/compat.json`` (rows merged by (update, task, new): re-running one
 variant replaces only its row) and ``compat.md`` after every row, so partial results land.
@@ -53,17 +56,35 @@ VARIANTS = {
     "choice-paper-ensemble": ["--objective", "choice", "--mask", "paper", "--new-target", "ensemble"],
     "choice-old-correct-focal": ["--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
     "token-paper": ["--objective", "token", "--mask", "paper", "--precompute-teachers"],
+    "sequence-old-correct": ["--objective", "sequence", "--mask", "old-correct"],
+    "sequence-none": ["--objective", "sequence", "--mask", "none"],
 }
+
+
+def fits(variant: str, kind: str) -> bool:
+    """Whether a variant's objective applies to a task kind (the default applies to every kind)."""
+    from muscle.objectives import OBJECTIVE_KINDS
+
+    options = VARIANTS[variant]
+    return "--objective" not in options or kind in OBJECTIVE_KINDS[options[options.index("--objective") + 1]]
 # A2 for the "better" update: the shipped A2 recipe (scripts/train_adapters.py) with all 2,000 rows.
+SAMSUM_RECIPE = ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384",
+                 "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]
 BETTER_A2_RECIPE = ["--limit", "2000", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128",
                     "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]
 
 
 def updates() -> dict[str, dict]:
+    """update name → suite, task, A1, A2 and (where A2 or A1 are built here) how: muscle finetune recipes."""
+    samsum_suite = demo.SUITE_DIR / "samsum" / "compat_samsum.yaml"
     return {
         "shipped": {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1, "a2": demo.ADAPTER_V2},
         "better": {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1,
-                   "a2": WORK / "better" / "piqa_a2_2000"},
+                   "a2": WORK / "better" / "piqa_a2_2000", "build": {"a2": BETTER_A2_RECIPE}},
+        # SAMSum (generative, ROUGE-1): adapters trained here (CC BY-NC-ND: never shipped), the
+        # shipped base update; recipe of scripts/train_adapters.py.
+        "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
+                   "a2": WORK / "samsum" / "samsum_a2", "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE}},
     }
 
 
@@ -76,13 +97,16 @@ def run(command: list[str], log: Path) -> float:
     return time.monotonic() - started
 
 
-def ensure_a2(update: dict, bases: tuple[Path, Path]) -> None:
-    a2 = update["a2"]
-    if (a2 / "adapter_config.json").is_file():
-        return
-    a2.parent.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, "-m", "muscle.cli", "finetune", "--suite", str(update["suite"]), "--task", update["task"],
-         "--base", str(bases[1]), "--output", str(a2), "--resume", *BETTER_A2_RECIPE], a2.with_suffix(".log"))
+def ensure_adapters(update: dict, bases: tuple[Path, Path]) -> None:
+    """Train the update's adapters that are built here (``build``) unless present."""
+    for which, recipe in update.get("build", {}).items():
+        adapter, base = update[which], bases[0 if which == "a1" else 1]
+        if (adapter / "adapter_config.json").is_file():
+            continue
+        adapter.parent.mkdir(parents=True, exist_ok=True)
+        run([sys.executable, "-m", "muscle.cli", "finetune", "--suite", str(update["suite"]), "--task",
+             update["task"], "--base", str(base), "--output", str(adapter), "--resume", *recipe],
+            adapter.with_suffix(".log"))
 
 
 def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path]) -> float | None:
@@ -227,11 +251,11 @@ def main(argv: list[str] | None = None) -> None:
                         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
         update = updates()[update_name]
-        ensure_a2(update, bases)
+        ensure_adapters(update, bases)
         evaluator = Evaluator(update, bases, args.limit)
         store_row(results, update_name, evaluator.task,
                   {"new": "A2", "objective": None, "mask": None, "default": False, **evaluator.metrics(update["a2"])})
-        for name in args.variant or list(VARIANTS):
+        for name in [v for v in args.variant or list(VARIANTS) if fits(v, evaluator.task.kind)]:
             out = WORK / update_name / update["task"] / name
             train_s = train_variant(update, name, out, bases)
             store_row(results, update_name, evaluator.task,
