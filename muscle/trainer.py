@@ -322,10 +322,33 @@ class Recipe:
     # ------------------------------------------------------------------------------------- save
 
     def save(self) -> dict[str, Any]:
+        import os
+
         config = self.config
         chosen = choose_epoch(self.history.epochs, config.selection(), self.task.kind, config.acc_tolerance)
+        # The record is shipped with the adapter: local paths are stored relative to the suite file's
+        # directory (no machine paths); hub names and None stay as they are. A base that exists here
+        # is local (the stack loaded it as a dir or .gguf); one that does not was loaded as a hub name.
+        suite_dir = os.path.dirname(os.path.abspath(os.path.expanduser(config.suite)))
+
+        def portable(value: str | None, always_local: bool) -> str | None:
+            if value is None:
+                return None
+            path = os.path.expanduser(value)
+            if not (always_local or os.path.exists(path)):
+                return value
+            try:
+                return os.path.relpath(os.path.abspath(path), suite_dir)
+            except ValueError:   # another drive (Windows): no relative form
+                return value
+
+        stored = asdict(config)
+        for key in ("suite", "output", "old_adapter", "new_adapter", "cache"):
+            stored[key] = portable(stored[key], always_local=True)
+        for key in ("base", "old_base"):
+            stored[key] = portable(stored[key], always_local=False)
         record = {
-            "config": asdict(config),
+            "config": stored,
             "task": {"name": self.task.name, "kind": self.task.kind, "n_train": len(self.train_inst),
                      "n_val": len(self.val_inst)},
             "teachers": self.teacher_mode,

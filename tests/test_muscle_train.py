@@ -336,3 +336,16 @@ def test_output_is_quiet_no_third_party_bars_or_warnings(task_dir, tiny_base, tm
     out, err = capfd.readouterr()
     for chatter in ("Loading weights", "Writing model shards", "FutureWarning", "it/s]"):
         assert chatter not in out + err, chatter
+
+
+def test_training_record_has_no_machine_paths(task_dir, tiny_base, tmp_path):
+    # The record ships with the adapter: local paths relative to the suite's directory, no absolute ones.
+    out = tmp_path / "a"
+    assert cli.main(["finetune", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--base",
+                     str(tiny_base), "--output", str(out), "--epochs", "1", *LORA]) == 0
+    config = _record(out)["config"]
+    assert not [(k, v) for k, v in config.items() if isinstance(v, str) and os.path.isabs(v)]
+    assert config["suite"] == "suite_train.yaml" and config["old_adapter"] is None
+    for key, path in (("output", out), ("base", tiny_base)):
+        assert os.path.samefile(task_dir / config[key], path), key
+    assert str(tmp_path) not in (out / trainer.TRAINING_JSON).read_text()
