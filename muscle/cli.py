@@ -70,14 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "choice = multiple-choice distributions; sequence = the better teacher's output "
                             "(default: choice for multiple choice, sequence for generation)")
     train.add_argument("--mask", choices=("paper", "ll-token", "ll-seq", "old-correct", "none"),
-                       help="which tokens (token) or instances (choice, sequence) imitate M1, the rest M2 "
-                            "(default: paper for token and sequence, old-correct for choice)")
+                       help="which tokens (token) or instances (choice, sequence) take the old side's target, "
+                            "the rest the new side's (default: paper for token and sequence, none for choice)")
     train.add_argument("--temperature", type=float, default=2.0, help="softening of token/choice distributions")
     train.add_argument("--ce-weight", type=float, default=0.0,
                        help="weight of the auxiliary cross-entropy on the gold answer: L = (1-w) L_comp + w CE")
+    train.add_argument("--old-target", choices=("m1", "ensemble"),
+                       help="choice: where the mask says 'old', imitate M1 or the M1/M2 ensemble "
+                            "(default: ensemble for choice, m1 otherwise)")
     train.add_argument("--new-target", choices=("m2", "ensemble"), default="m2",
                        help="choice: where the mask says 'new', imitate M2 or the M1/M2 ensemble")
-    train.add_argument("--ensemble-weight", type=float, default=0.5, help="M1's share in that ensemble")
+    train.add_argument("--ensemble-weight", type=float, default=0.7,
+                       help="M1's share w in the ensemble w*p_M1 + (1-w)*p_M2")
     train.add_argument("--focal-weight", type=float, default=0.0,
                        help="choice/sequence: instances M1 gets right weigh 1 + this")
     train.add_argument("--train-on", choices=("disagreement", "all"), default="disagreement",
@@ -141,7 +145,8 @@ def _train_config(args: argparse.Namespace):
                            target_modules=modules, **common)
     return TrainConfig(mode="train", old_adapter=args.old_adapter, new_adapter=args.new_adapter,
                        old_base=args.old_base, base=args.new_base, objective=args.objective, mask=args.mask,
-                       temperature=args.temperature, ce_weight=args.ce_weight, new_target=args.new_target,
+                       temperature=args.temperature, ce_weight=args.ce_weight, old_target=args.old_target,
+                       new_target=args.new_target,
                        ensemble_weight=args.ensemble_weight, focal_weight=args.focal_weight, train_on=args.train_on,
                        acc_tolerance=args.acc_tolerance, precompute_teachers=args.precompute_teachers,
                        top_k=args.top_k, cache=args.cache, no_cache=args.no_cache, **common)

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 # The objective `muscle train` uses when --objective is not given, per task kind (measured:
 # benchmarks/results/compat.md). Both work across tokenizers.
 DEFAULT_OBJECTIVE = {"multiple_choice": "choice", "exact_match": "sequence", "generative": "sequence"}
-# The mask each objective uses when --mask is not given.
-DEFAULT_MASK = {"token": "paper", "choice": "old-correct", "sequence": "paper"}
+# The mask each objective uses when --mask is not given, and for choice the old side's target: the
+# choice default distils the old/new ensemble everywhere (docs/muscle.md "Defaults").
+DEFAULT_MASK = {"token": "paper", "choice": "none", "sequence": "paper"}
+DEFAULT_OLD_TARGET = {"token": "m1", "choice": "ensemble", "sequence": "m1"}
 # choice: an instance "has something to teach" when its target is at least this far (nats) from A2's
 # choice distribution before training; e.g. a (0.99, 0.01) target vs A2's (0.999, 0.001) at T = 2.
 FOCUS_KL = 0.01
@@ -45,7 +47,7 @@ OBJECTIVE_KINDS = {"token": ("multiple_choice", "exact_match", "generative"),
                    "choice": ("multiple_choice",), "sequence": ("exact_match", "generative")}
 
 
-def check_objective(objective: str, mask: str, kind: str, task_name: str) -> None:
+def check_objective(objective: str, mask: str, kind: str, task_name: str, targets: tuple[str, str]) -> None:
     """One line naming the fix when an objective does not fit the task kind or the mask."""
     from muscle.losses.sequence import SEQUENCE_MASKS
 
@@ -53,6 +55,9 @@ def check_objective(objective: str, mask: str, kind: str, task_name: str) -> Non
         fits = [name for name, kinds in OBJECTIVE_KINDS.items() if kind in kinds]
         raise CompatInputError(f"--objective {objective} does not apply to task {task_name!r} ({kind}); "
                                f"use --objective {' or '.join(fits)}")
+    if objective != "choice" and "ensemble" in targets:
+        raise CompatInputError(f"--old-target/--new-target ensemble mixes choice distributions; it applies to "
+                               f"--objective choice, not {objective}")
     if objective == "sequence" and mask not in SEQUENCE_MASKS:
         raise CompatInputError(f"--mask {mask} needs the teachers' log-likelihoods of the gold text, which the "
                                f"sequence objective does not have; use --mask {', '.join(SEQUENCE_MASKS)}")
@@ -173,7 +178,8 @@ class ChoiceObjective:
         c = self.config
         old, new, gold, lengths = self._teacher_tensors(items)
         divergence = starting_divergence(old, new, gold, lengths=lengths, mask=c.mask, temperature=c.temperature,
-                                         new_target=c.new_target, ensemble_weight=c.ensemble_weight).tolist()
+                                         old_target=c.old_target, new_target=c.new_target,
+                                         ensemble_weight=c.ensemble_weight).tolist()
         informative = [i for i, d in enumerate(divergence) if d >= FOCUS_KL]
         others = [i for i, d in enumerate(divergence) if d < FOCUS_KL]
         anchors = random.Random(c.seed).sample(others, min(len(others), len(informative)))
@@ -218,7 +224,8 @@ class ChoiceObjective:
         c = self.config
         old, new, gold, lengths = self._teacher_tensors(items)
         return choice_loss(student, old, new, gold, lengths=lengths, mask=c.mask, temperature=c.temperature,
-                           new_target=c.new_target, ensemble_weight=c.ensemble_weight, focal_weight=c.focal_weight,
+                           old_target=c.old_target, new_target=c.new_target, ensemble_weight=c.ensemble_weight,
+                           focal_weight=c.focal_weight,
                            ce_weight=c.ce_weight)
 
     def validation_loss(self, model, loader, predictions) -> float:

@@ -74,8 +74,9 @@ class TrainConfig:
     mask: str | None = None             # None: the objective's default (objectives.DEFAULT_MASK)
     temperature: float = 2.0
     ce_weight: float = 0.0
-    new_target: str = "m2"              # choice: where the mask says "new", M2 or the M1/M2 ensemble
-    ensemble_weight: float = 0.5        # M1's share in that ensemble
+    old_target: str | None = None       # choice: where the mask says "old", M1 or the M1/M2 ensemble
+    new_target: str = "m2"              # choice: where the mask says "new", M2 or the ensemble
+    ensemble_weight: float = 0.7        # M1's share in the ensemble
     focal_weight: float = 0.0           # choice/sequence: extra weight on instances M1 gets right
     train_on: str = "disagreement"      # choice: instances with something to teach (+ anchors), or "all"
     acc_tolerance: float = 0.005        # selection: accuracy (score) may drop this much below epoch 0's
@@ -383,8 +384,8 @@ def preflight(config: TrainConfig):
     Raises CompatInputError (one line naming the fix) on the first problem; writes nothing.
     """
     from muscle.losses import MASKS, OBJECTIVES
-    from muscle.losses.choice import NEW_TARGETS
-    from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, check_objective
+    from muscle.losses.choice import NEW_TARGETS, OLD_TARGETS
+    from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET, check_objective
     from pytest_modelcompat.suite import load_suite, resolve_task
 
     if config.mode == "train" and not (config.old_adapter and config.new_adapter):
@@ -401,6 +402,8 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--train-on {config.train_on!r} is unknown; choose disagreement or all")
     if config.new_target not in NEW_TARGETS:
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
+    if config.old_target is not None and config.old_target not in OLD_TARGETS:
+        raise CompatInputError(f"--old-target {config.old_target!r} is unknown; choose one of {', '.join(OLD_TARGETS)}")
     for name in ("epochs", "batch_size", "max_length", "rank", "top_k"):
         if getattr(config, name) < 1:
             raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -422,8 +425,9 @@ def preflight(config: TrainConfig):
     task = resolve_task(tasks[config.task])
     if config.mode == "train":
         objective = config.objective or DEFAULT_OBJECTIVE[task.kind]
-        config = dataclasses.replace(config, objective=objective, mask=config.mask or DEFAULT_MASK[objective])
-        check_objective(objective, config.mask, task.kind, task.name)
+        config = dataclasses.replace(config, objective=objective, mask=config.mask or DEFAULT_MASK[objective],
+                                     old_target=config.old_target or DEFAULT_OLD_TARGET[objective])
+        check_objective(objective, config.mask, task.kind, task.name, (config.old_target, config.new_target))
         _check_stacks(config)
     return config, task
 
@@ -506,6 +510,9 @@ def _student(config: TrainConfig, device: str):
         raise CompatInputError(f"adapter {config.new_adapter!r} does not name its base; pass --new-base")
     model, tokenizer, _ = load_base(base, **opts)
     model = attach_adapter(model, config.new_adapter, name=STUDENT, trainable=True, allow_pickle=config.allow_pickle)
+    # The output adapter names the base it was trained on (A2's config may name its base otherwise);
+    # PEFT also reads it when saving, to check the vocabulary.
+    model.peft_config[STUDENT].base_model_name_or_path = model.base_model.model.name_or_path
     if config.objective == "token":
         attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
     return model, tokenizer, model.base_model.model.name_or_path

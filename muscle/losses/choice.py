@@ -6,13 +6,19 @@ come from one packed forward (the gate's own scoring trees, with gradients); the
 Where the task uses ``acc_norm`` every ℓ is divided by the choice's length in characters first,
 as the gate decides. At temperature T:
 
-    p_k  = softmax(ℓ_k / T)                     k ∈ {S, 1, 2}
-    p_new = (1 − w)·p_2 + w·p_1                 ``new_target="ensemble"`` (w = ensemble_weight),
-                                                 p_new = p_2 for ``new_target="m2"``
-    t     = m·p_1 + (1 − m)·p_new              m ∈ {0, 1} from the mask (one per instance)
+    p_k   = softmax(ℓ_k / T)                    k ∈ {S, 1, 2}
+    p_ens = w·p_1 + (1 − w)·p_2                 the old/new ensemble (w = ensemble_weight)
+    p_old = p_1, or p_ens with old_target="ensemble";  p_new = p_2, or p_ens with new_target="ensemble"
+    t     = m·p_old + (1 − m)·p_new             m ∈ {0, 1} from the mask (one per instance)
     a     = 1 + f·[M1 right]                    focal weight f (PCT), a = 1 for f = 0
     L_comp = Σ_i a_i·KL(t_i ‖ p_S,i) / Σ_i a_i
     L      = (1 − λ_ce)·L_comp + λ_ce·CE(softmax(ℓ_S), g)
+
+The default (muscle.objectives) is mask ``none`` with ``old_target="ensemble"``, w = 0.7: the student
+learns the old/new ensemble's choice distribution everywhere (as PCT / ELODI distil towards an
+ensemble, which flips less than either model). Ensembles are functions of the input, so the student
+can generalise them; masks that depend on the gold label (``old-correct``, ``paper``) make targets a
+student cannot predict on new inputs.
 
 The KL uses ``xlogy`` so a teacher probability of exactly 0 (a −inf log-likelihood) adds 0, not NaN.
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+OLD_TARGETS = ("m1", "ensemble")
 NEW_TARGETS = ("m2", "ensemble")
 
 
@@ -56,15 +63,18 @@ def instance_mask(mask: str, student: torch.Tensor, old: torch.Tensor, gold: tor
     return m.to(student.dtype)
 
 
-def _terms(student, old, new, gold, lengths, mask, temperature, new_target, ensemble_weight, focal_weight):
+def _terms(student, old, new, gold, lengths, mask, temperature, old_target, new_target, ensemble_weight,
+           focal_weight):
     """Per instance: (KL(t ‖ p_S), focal weight a, mask m, the student's log-probs at T = 1)."""
     log_p_s = choice_log_probs(student, lengths, temperature)
-    p_old = choice_log_probs(old, lengths, temperature).exp()
-    p_new = choice_log_probs(new, lengths, temperature).exp()
-    if new_target == "ensemble":
-        p_new = (1 - ensemble_weight) * p_new + ensemble_weight * p_old
-    elif new_target != "m2":
-        raise ValueError(f"unknown new_target {new_target!r}; choose one of {', '.join(NEW_TARGETS)}")
+    p_1 = choice_log_probs(old, lengths, temperature).exp()
+    p_2 = choice_log_probs(new, lengths, temperature).exp()
+    ensemble = ensemble_weight * p_1 + (1 - ensemble_weight) * p_2
+    if old_target not in OLD_TARGETS or new_target not in NEW_TARGETS:
+        raise ValueError(f"unknown targets {old_target!r}/{new_target!r}; old side: {', '.join(OLD_TARGETS)}, "
+                         f"new side: {', '.join(NEW_TARGETS)}")
+    p_old = ensemble if old_target == "ensemble" else p_1
+    p_new = ensemble if new_target == "ensemble" else p_2
     old_at_1 = choice_log_probs(old, lengths, 1.0)
     student_at_1 = choice_log_probs(student.detach(), lengths, 1.0)
     m = instance_mask(mask, student_at_1, old_at_1, gold)
@@ -76,12 +86,12 @@ def _terms(student, old, new, gold, lengths, mask, temperature, new_target, ense
 
 
 def choice_loss(student: torch.Tensor, old: torch.Tensor, new: torch.Tensor, gold: torch.Tensor, *,
-                lengths: torch.Tensor | None = None, mask: str = "old-correct", temperature: float = 2.0,
-                new_target: str = "m2", ensemble_weight: float = 0.5, focal_weight: float = 0.0,
-                ce_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                lengths: torch.Tensor | None = None, mask: str = "none", temperature: float = 2.0,
+                old_target: str = "m1", new_target: str = "m2", ensemble_weight: float = 0.7,
+                focal_weight: float = 0.0, ce_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss above. ``student``/``old``/``new``: choice log-likelihoods [n, C] (−inf pads)."""
-    kl, weight, m, student_at_1 = _terms(student, old, new, gold, lengths, mask, temperature, new_target,
-                                         ensemble_weight, focal_weight)
+    kl, weight, m, student_at_1 = _terms(student, old, new, gold, lengths, mask, temperature, old_target,
+                                         new_target, ensemble_weight, focal_weight)
     comp = (weight * kl).sum() / weight.sum()
     ce = F.cross_entropy(choice_log_probs(student, lengths, 1.0), gold)
     loss = (1 - ce_weight) * comp + ce_weight * ce if ce_weight else comp
@@ -92,9 +102,9 @@ def choice_loss(student: torch.Tensor, old: torch.Tensor, new: torch.Tensor, gol
 
 @torch.no_grad()
 def starting_divergence(old: torch.Tensor, new: torch.Tensor, gold: torch.Tensor, *,
-                        lengths: torch.Tensor | None = None, mask: str = "old-correct", temperature: float = 2.0,
-                        new_target: str = "m2", ensemble_weight: float = 0.5) -> torch.Tensor:
+                        lengths: torch.Tensor | None = None, mask: str = "none", temperature: float = 2.0,
+                        old_target: str = "m1", new_target: str = "m2", ensemble_weight: float = 0.7) -> torch.Tensor:
     """Per instance, KL(t ‖ p_S) before training, when the student is still A2 (ℓ_S = ℓ_2): how much
     the instance has to teach. Where the target already equals M2's distribution it is ~0 and so
     is the instance's gradient."""
-    return _terms(new, old, new, gold, lengths, mask, temperature, new_target, ensemble_weight, 0.0)[0]
+    return _terms(new, old, new, gold, lengths, mask, temperature, old_target, new_target, ensemble_weight, 0.0)[0]
