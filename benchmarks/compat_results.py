@@ -13,7 +13,7 @@ on that row only, never on the best of several.
 Updates:
 - ``shipped``: the demo's update. A1/A2 = ``example_suite/artifacts/piqa_a1`` / ``piqa_a2``.
 - ``better``: v2 *better* on average than v1 and still with negative flips: A2 retrained on v2 with
-  more data (``BETTER_A2_RECIPE``: 2,000 train rows instead of 600), built here with
+  more data (``BETTER_A2_RECIPE``: 1,600 train rows instead of 600), built here with
   ``muscle finetune`` unless present.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
@@ -67,10 +67,10 @@ def fits(variant: str, kind: str) -> bool:
 
     options = VARIANTS[variant]
     return "--objective" not in options or kind in OBJECTIVE_KINDS[options[options.index("--objective") + 1]]
-# A2 for the "better" update: the shipped A2 recipe (scripts/train_adapters.py) with all 2,000 rows.
+# A2 for the "better" update: the shipped A2 recipe (scripts/train_adapters.py) on 1,600 rows.
 SAMSUM_RECIPE = ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384",
                  "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]
-BETTER_A2_RECIPE = ["--limit", "2000", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128",
+BETTER_A2_RECIPE = ["--limit", "1600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128",
                     "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]
 
 
@@ -80,7 +80,7 @@ def updates() -> dict[str, dict]:
     return {
         "shipped": {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1, "a2": demo.ADAPTER_V2},
         "better": {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1,
-                   "a2": WORK / "better" / "piqa_a2_2000", "build": {"a2": BETTER_A2_RECIPE}},
+                   "a2": WORK / "better" / "piqa_a2_1600", "build": {"a2": BETTER_A2_RECIPE}},
         # SAMSum (generative, ROUGE-1): adapters trained here (CC BY-NC-ND: never shipped), the
         # shipped base update; recipe of scripts/train_adapters.py.
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
@@ -109,7 +109,7 @@ def ensure_adapters(update: dict, bases: tuple[Path, Path]) -> None:
             adapter.with_suffix(".log"))
 
 
-def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path]) -> float | None:
+def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path], recipe: list[str]) -> float | None:
     """Train the variant's compatibility adapter unless it exists; wall seconds (None if reused)."""
     if (out / "adapter_config.json").is_file():
         return None
@@ -117,7 +117,7 @@ def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path]) 
     command = [sys.executable, "-m", "muscle.cli", "train", "--suite", str(update["suite"]), "--task", update["task"],
                "--old-adapter", str(update["a1"]), "--old-base", str(bases[0]),
                "--new-adapter", str(update["a2"]), "--new-base", str(bases[1]),
-               "--output", str(out), "--resume", *TRAIN_RECIPE, *VARIANTS[name]]
+               "--output", str(out), "--resume", *recipe, *VARIANTS[name]]
     return run(command, out.with_suffix(".log"))
 
 
@@ -144,7 +144,7 @@ class Evaluator:
         return {"n": len(result.instances), **{k: result.metrics[k] for k in keys}}
 
 
-def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None) -> dict:
+def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, recipe: list[str]) -> dict:
     from muscle.objectives import DEFAULT_MASK
 
     record = json.loads((adapter / "muscle_training.json").read_text())
@@ -152,7 +152,7 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None) -
     chosen = next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"]
     return {"new": name, "objective": config["objective"], "mask": config["mask"],
             "default": name == "default" and config["mask"] == DEFAULT_MASK[config["objective"]],
-            **metrics, "recipe": TRAIN_RECIPE + VARIANTS[name],
+            **metrics, "recipe": recipe + VARIANTS[name],
             "train_s": round(train_s, 1) if train_s is not None else record.get("wall_s"),
             "step_time_s": record["step_time_s"], "n_train": record["task"]["n_train"],
             "n_val": record["task"]["n_val"], "chosen_epoch": record["chosen_epoch"],
@@ -193,15 +193,23 @@ def store_row(results: dict, update_name: str, task, row: dict) -> None:
     atomic_write(RESULTS / "compat.md", render_markdown(results))
 
 
+def _recipe(row: dict) -> str:
+    """Rows, epochs and the train/validation split sizes of a compatibility row."""
+    if not row.get("recipe"):
+        return "—"
+    recipe = row["recipe"]
+    rows, epochs = recipe[recipe.index("--limit") + 1], recipe[recipe.index("--epochs") + 1]
+    return f"{rows} rows ({row['n_train']} train / {row['n_val']} val), {epochs} ep"
+
+
 def _f(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
 def render_markdown(results: dict) -> str:
-    setup = results.get("setup", {})
     lines = ["# Compatibility adapters vs the plain update (real SmolLM2-135M-Instruct weights)", "",
              "Produced by `python benchmarks/compat_results.py`. Old stack: A1 on base v1. New stacks on base v2. "
-             f"Every compatibility row: `muscle train {' '.join(setup.get('train_recipe', TRAIN_RECIPE))}` plus "
+             "Every compatibility row: `muscle train` with the sizes in column *recipe* plus "
              "its own options (column *options*); the default row passes none. Metrics on the task's eval split "
              "(never trained on); the epoch was chosen on the 20 % validation part of the train file.", ""]
     for entry in results["tasks"]:
@@ -215,15 +223,15 @@ def render_markdown(results: dict) -> str:
                       f"{_f(r['m_r'])} | {_f(r['m_g'])} |" for r in entry["rows"]]
         else:
             lines += ["| new stack | objective | mask | default | acc old | acc new | NFR [95 % CI] | PFR | NFR_mc | "
-                      "BTC | McNemar p | options | train (s) | epoch |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "BTC | McNemar p | options | recipe | train (s) | epoch |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in entry["rows"]:
                 options = " ".join(VARIANTS.get(r["new"], [])) if r["objective"] else "—"
                 lines.append(
                     f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
                     f"{_f(r['acc_old'])} | {_f(r['acc_new'])} | {_f(r['nfr'])} [{_f(r['nfr_ci'][0])}, {_f(r['nfr_ci'][1])}] | "
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
-                    f"`{options or '(none)'}` | {_f(r.get('train_s'), 0)} | {r.get('chosen_epoch', '—')} |")
+                    f"`{options or '(none)'}` | {_recipe(r)} | {_f(r.get('train_s'), 0)} | {r.get('chosen_epoch', '—')} |")
         t = entry.get("targets")
         if t:
             what = "NFR~" if entry["kind"] == "generative" else "NFR"
@@ -240,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                         help="compatibility rows to produce (default: all)")
     parser.add_argument("--limit", type=int, help="first N eval instances (default: the whole eval split)")
+    parser.add_argument("--train-rows", type=int, help="override TRAIN_RECIPE's --limit (train rows)")
+    parser.add_argument("--epochs", type=int, help="override TRAIN_RECIPE's --epochs")
     args = parser.parse_args(argv)
     os.environ.update(demo.demo_env())
     bases = (demo.base_v1_dir(), demo.base_v2_dir())
@@ -255,11 +265,15 @@ def main(argv: list[str] | None = None) -> None:
         evaluator = Evaluator(update, bases, args.limit)
         store_row(results, update_name, evaluator.task,
                   {"new": "A2", "objective": None, "mask": None, "default": False, **evaluator.metrics(update["a2"])})
+        recipe = list(TRAIN_RECIPE)
+        for flag, value in (("--limit", args.train_rows), ("--epochs", args.epochs)):
+            if value is not None:
+                recipe[recipe.index(flag) + 1] = str(value)
         for name in [v for v in args.variant or list(VARIANTS) if fits(v, evaluator.task.kind)]:
             out = WORK / update_name / update["task"] / name
-            train_s = train_variant(update, name, out, bases)
+            train_s = train_variant(update, name, out, bases, recipe)
             store_row(results, update_name, evaluator.task,
-                      compat_row(name, out, evaluator.metrics(out), train_s))
+                      compat_row(name, out, evaluator.metrics(out), train_s, recipe))
             print(render_markdown(results), flush=True)
 
 
