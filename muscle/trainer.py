@@ -183,10 +183,13 @@ class Recipe:
         self.accelerator.wait_for_everyone()
         self.train_inst, self.val_inst = split_train_val(instances, config.seed)
 
+        # The teachers' predictions come first (from the result cache, or by loading each teacher alone
+        # and freeing it), so no teacher is ever resident beside the student.
+        self.teachers = self._teacher_signals()
+        self.old_val = self._old_val_predictions()
         self.model, self.tokenizer, self.base = _student(config, self.device_name)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
-        self.old_val = self._old_val_predictions()
         self.objective = self._objective()
         train_items = self.objective.items(self.train_inst, train=True)
         self.val_items = self.objective.items(self.val_inst, start=len(train_items))
@@ -211,10 +214,19 @@ class Recipe:
         if latest is not None:
             self.accelerator.load_state(str(latest))
 
+    def _teacher_signals(self):
+        """choice / sequence: both teachers' gate predictions on the whole train file, by instance id."""
+        if self.config.mode == "finetune" or self.config.objective not in ("choice", "sequence"):
+            return None
+        everything = self.train_inst + self.val_inst
+        return {"old": self._teacher_predictions("old", everything), "new": self._teacher_predictions("new", everything)}
+
     def _old_val_predictions(self):
         """M1's predictions on the validation split (the gate's, cached): what NFR is measured against."""
         if self.config.mode == "finetune":
             return None
+        if self.teachers is not None:
+            return {inst.id: self.teachers["old"][inst.id] for inst in self.val_inst}
         return self._teacher_predictions("old", self.val_inst)
 
     def _teacher_predictions(self, which: str, instances):
@@ -237,10 +249,7 @@ class Recipe:
         if config.mode == "finetune":
             return objectives.TokenObjective(config, self.task, self.tokenizer, self.pad_id, device=self.device)
         if config.objective in ("choice", "sequence"):
-            everything = self.train_inst + self.val_inst
-            teachers = {"old": self._teacher_predictions("old", everything),
-                        "new": self._teacher_predictions("new", everything)}
-            self.teacher_mode = "predictions"
+            teachers, self.teacher_mode = self.teachers, "predictions"
             if config.objective == "choice":
                 return objectives.ChoiceObjective(config, self.task, self.tokenizer, teachers, self.device,
                                                   model_config=unwrap(self.model).config)
