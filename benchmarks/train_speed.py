@@ -49,6 +49,9 @@ def _random_adapter(base_dir: Path, out: Path, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from pytest_modelcompat.stack import quiet_third_party_output
+
+    quiet_third_party_output()
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
