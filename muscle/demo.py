@@ -41,10 +41,10 @@ ADAPTER_V2 = ARTIFACTS / "piqa_a2"
 # the whole demo within ~10 min on 2 CPU cores.
 DEMO_LIMIT = 300
 # Sizing of the demo's `muscle train`: the default objective and mask (no --objective / --mask: what a
-# user gets) at the size benchmarks/compat_results.py measures it (its default row on the shipped
-# update): 2,000 PIQA train rows, two epochs. Smaller runs do not carry over to unseen instances (on
-# 400 rows validation NFR got worse and selection kept A2), so the demo trains at the size that works.
-COMPAT_RECIPE = ("--limit", "2000", "--epochs", "2", "--batch-size", "16", "--max-length", "128", "--seed", "0")
+# user gets) on the first 400 PIQA train rows, two epochs, so the cold demo stays near 10 min on 2 CPU
+# cores. At this size the run does not improve validation NFR and selection returns A2 unchanged; the
+# full-size numbers are in benchmarks/results/compat.md (benchmarks/compat_results.py).
+COMPAT_RECIPE = ("--limit", "400", "--epochs", "2", "--batch-size", "16", "--max-length", "128", "--seed", "0")
 
 def models_home() -> Path:
     return cache_home() / "models"
@@ -191,11 +191,21 @@ def run_demo(console) -> int:
     after = demo_home / "report-compat"
     code = run(console, "Step 5/5  gate: A1 on v1 vs the compatibility adapter on v2", gate_command(compat, v2, v1, after))
     console.print(summary_table(task_metrics(before), task_metrics(after)))
-    if code != 0:
-        console.print(f"[red]the compatibility adapter did not pass the gate (exit {code}); report in {after}")
+    elapsed = f"{time.monotonic() - started:.0f} s"
+    if code == 0:
+        console.print(f"[green]✓ the compatibility adapter passes the gate[/] in {elapsed}; reports: {before}, {after}")
+        return 0
+    if code != 1:
+        console.print(f"[red]the gate on the compatibility adapter did not run (exit {code}); report in {after}")
         return code
-    console.print(f"[green]✓ the compatibility adapter passes the gate[/] in {time.monotonic() - started:.0f} s; "
-                  f"reports: {before}, {after}")
+    # The demo ran end to end; the gate's verdict is what it shows, so a failing gate is reported, not an error.
+    record = json.loads((compat / "muscle_training.json").read_text())
+    flips = [round(task_metrics(report)["nfr"] * DEMO_LIMIT) for report in (before, after)]
+    console.print(
+        f"[yellow]✗ the compatibility adapter does not pass the gate either[/] ({elapsed}): negative flips "
+        f"{flips[0]} → {flips[1]} of {DEMO_LIMIT}. `muscle train` kept epoch {record['chosen_epoch']} "
+        f"(epoch 0 = A2 itself: no trained epoch beat A2 on validation, and selection never returns "
+        f"something worse). What the default achieves at full size: benchmarks/results/compat.md.")
     return 0
 
 

@@ -36,10 +36,11 @@ if TYPE_CHECKING:
 # The objective `muscle train` uses when --objective is not given, per task kind (measured:
 # benchmarks/results/compat.md). Both work across tokenizers.
 DEFAULT_OBJECTIVE = {"multiple_choice": "choice", "exact_match": "sequence", "generative": "sequence"}
-# The mask each objective uses when --mask is not given, and for choice the old side's target: the
-# choice default distils the old/new ensemble everywhere (docs/muscle.md "Defaults").
-DEFAULT_MASK = {"token": "paper", "choice": "none", "sequence": "paper"}
-DEFAULT_OLD_TARGET = {"token": "m1", "choice": "ensemble", "sequence": "m1"}
+# The mask each objective uses when --mask is not given, and the old side's target. The choice default
+# (old-correct, M1's distribution) had the lowest validation NFR of the choice recipes measured on the
+# shipped update (benchmarks/results/compat.md; docs/muscle.md "Defaults").
+DEFAULT_MASK = {"token": "paper", "choice": "old-correct", "sequence": "paper"}
+DEFAULT_OLD_TARGET = {"token": "m1", "choice": "m1", "sequence": "m1"}
 # choice: an instance "has something to teach" when its target is at least this far (nats) from A2's
 # choice distribution before training; e.g. a (0.99, 0.01) target vs A2's (0.999, 0.001) at T = 2.
 FOCUS_KL = 0.01

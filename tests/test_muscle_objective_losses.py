@@ -127,8 +127,8 @@ def test_selection_keeps_epoch_zero_unless_a_trained_epoch_is_better_within_tole
     assert choose_epoch(generative, "nfr", "generative") == 1
 
 
-def test_choice_default_distils_the_ensemble_everywhere():
-    # mask none + old_target ensemble, w = 0.7, T = 1: target = 0.7·(3/4, 1/4) + 0.3·(1/4, 3/4) = (0.6, 0.4)
+def test_choice_ensemble_target_everywhere():
+    # mask none + old_target ensemble, w = 0.7, T = 1 (the ensemble on every instance): target = 0.7·(3/4, 1/4) + 0.3·(1/4, 3/4) = (0.6, 0.4)
     student, old, new = t([0.0, 0.0]), t([LN3, 0.0]), t([0.0, LN3])
     loss, stats = choice_loss(student, old, new, torch.tensor([1]), mask="none", old_target="ensemble",
                               ensemble_weight=0.7, temperature=1.0)

@@ -14,11 +14,9 @@ as the gate decides. At temperature T:
     L_comp = Σ_i a_i·KL(t_i ‖ p_S,i) / Σ_i a_i
     L      = (1 − λ_ce)·L_comp + λ_ce·CE(softmax(ℓ_S), g)
 
-The default (muscle.objectives) is mask ``none`` with ``old_target="ensemble"``, w = 0.7: the student
-learns the old/new ensemble's choice distribution everywhere (as PCT / ELODI distil towards an
-ensemble, which flips less than either model). Ensembles are functions of the input, so the student
-can generalise them; masks that depend on the gold label (``old-correct``, ``paper``) make targets a
-student cannot predict on new inputs.
+The default (muscle.objectives) is mask ``old-correct`` with M1's and M2's own distributions; the
+old/new ensemble (``old_target="ensemble"``, as PCT / ELODI distil towards an ensemble, which flips
+less than either model) is there for ablations: benchmarks/results/compat.md has both.
 
 The KL uses ``xlogy`` so a teacher probability of exactly 0 (a −inf log-likelihood) adds 0, not NaN.
 
