@@ -55,6 +55,7 @@ VARIANTS = {
     "choice-paper": ["--objective", "choice", "--mask", "paper"],
     "choice-paper-ensemble": ["--objective", "choice", "--mask", "paper", "--new-target", "ensemble"],
     "choice-old-correct-focal": ["--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
+    "choice-ensemble": ["--objective", "choice", "--mask", "none", "--old-target", "ensemble"],
     "token-paper": ["--objective", "token", "--mask", "paper", "--precompute-teachers"],
     "sequence-old-correct": ["--objective", "sequence", "--mask", "old-correct"],
     "sequence-none": ["--objective", "sequence", "--mask", "none"],
@@ -145,13 +146,14 @@ class Evaluator:
 
 
 def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, recipe: list[str]) -> dict:
-    from muscle.objectives import DEFAULT_MASK
+    from muscle.objectives import DEFAULT_MASK, DEFAULT_OLD_TARGET
 
     record = json.loads((adapter / "muscle_training.json").read_text())
     config = record["config"]
     chosen = next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"]
     return {"new": name, "objective": config["objective"], "mask": config["mask"],
-            "default": name == "default" and config["mask"] == DEFAULT_MASK[config["objective"]],
+            "default": name == "default" and config["mask"] == DEFAULT_MASK[config["objective"]]
+            and config.get("old_target", "m1") == DEFAULT_OLD_TARGET[config["objective"]],
             **metrics, "recipe": recipe + VARIANTS[name],
             "train_s": round(train_s, 1) if train_s is not None else record.get("wall_s"),
             "step_time_s": record["step_time_s"], "n_train": record["task"]["n_train"],

@@ -21,6 +21,16 @@ EPILOG = """examples:
 """
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default, except where there is none to show (unset, off) or the help
+    text already says what it is."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line (not argparse's usage block), exit 2 like every input error
         self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
@@ -37,19 +47,20 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
     p.add_argument("--task", required=True, help="task name in the suite; trains on its `train:` file")
     p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the train split")
     from muscle.trainer import DEFAULT_LR
 
     p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="training examples per optimizer step")
     p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt cut from the left)")
     p.add_argument("--seed", type=int, default=0, help="seeds the 80/20 split, shuffling and init")
     p.add_argument("--limit", type=int, help="use only the first N rows of the train file")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in .OUT.work/")
     p.add_argument("--select", choices=("nfr", "loss"),
                    help="epoch selection on the 20%% validation split (train: nfr vs M1, finetune: loss)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weights and compute dtype")
     _trust_options(p)
 
 
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a MUSCLE compatibility adapter (student init from A2)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
     _training_options(train, mode="train")
     train.add_argument("--old-adapter", required=True, help="A1: the old stack's adapter dir")
     train.add_argument("--new-adapter", required=True, help="A2: the new stack's adapter dir (student init)")
@@ -71,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: choice for multiple choice, sequence for generation)")
     train.add_argument("--mask", choices=("paper", "ll-token", "ll-seq", "old-correct", "none"),
                        help="which tokens (token) or instances (choice, sequence) take the old side's target, "
-                            "the rest the new side's (default: paper for token and sequence, none for choice)")
+                            "the rest the new side's (default: paper for token and sequence, old-correct for choice)")
     train.add_argument("--temperature", type=float, default=2.0, help="softening of token/choice distributions")
     train.add_argument("--ce-weight", type=float, default=0.0,
                        help="weight of the auxiliary cross-entropy on the gold answer: L = (1-w) L_comp + w CE")
     train.add_argument("--old-target", choices=("m1", "ensemble"),
                        help="choice: where the mask says 'old', imitate M1 or the M1/M2 ensemble "
-                            "(default: ensemble for choice, m1 otherwise)")
+                            "(default: m1)")
     train.add_argument("--new-target", choices=("m2", "ensemble"), default="m2",
                        help="choice: where the mask says 'new', imitate M2 or the M1/M2 ensemble")
     train.add_argument("--ensemble-weight", type=float, default=0.7,
@@ -97,21 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
 
     finetune = sub.add_parser("finetune", help="train a plain LoRA task adapter (cross-entropy)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpFormatter)
     _training_options(finetune, mode="finetune")
     finetune.add_argument("--base", required=True, help="base model dir, .gguf file or hub name")
-    finetune.add_argument("--rank", type=int, default=8)
-    finetune.add_argument("--alpha", type=float, default=16.0)
+    finetune.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    finetune.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scale alpha / r)")
     finetune.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated module names")
 
     ev = sub.add_parser("eval", help="the gate's metrics and thresholds outside pytest",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ev.add_argument("--suite", required=True)
+                        formatter_class=_HelpFormatter)
+    ev.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
     ev.add_argument("--task", action="append", help="task name (repeatable; default: all tasks)")
     ev.add_argument("--old-adapter", help="A1: the old stack's adapter dir (not with --baseline)")
     ev.add_argument("--new-adapter", help="A2: the new stack's adapter dir (not with --save-baseline)")
-    ev.add_argument("--old-base")
-    ev.add_argument("--new-base")
+    ev.add_argument("--old-base", help="B1 (default: A1's base_model_name_or_path)")
+    ev.add_argument("--new-base", help="B2 (default: A2's base_model_name_or_path)")
     ev.add_argument("--report", help="directory for report.json / report.md / report.html")
     ev.add_argument("--save-baseline", metavar="FILE",
                     help="score the old stack only and write its predictions to FILE (a baseline snapshot, "
@@ -122,12 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", help="result cache dir (default: $MODELCOMPAT_HOME/results, "
                                     "~/.cache/pytest-modelcompat/results); shared with the pytest plugin")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=int, default=16, help="packed rows (one per context) per forward pass")
     ev.add_argument("--noise-margin", type=float, default=None,
                     help="flips with decision margins (or |D(x)|) below this on both sides are 'unstable' "
                          "(default 0.01; docs/margins.md)")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                    help="weights and compute dtype")
     _trust_options(ev)
     return parser
 

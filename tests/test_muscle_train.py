@@ -349,3 +349,10 @@ def test_training_record_has_no_machine_paths(task_dir, tiny_base, tmp_path):
     for key, path in (("output", out), ("base", tiny_base)):
         assert os.path.samefile(task_dir / config[key], path), key
     assert str(tmp_path) not in (out / trainer.TRAINING_JSON).read_text()
+
+
+def test_every_cli_option_has_help():
+    parser = cli.build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            assert action.help, f"muscle {name} {action.option_strings} has no help"
