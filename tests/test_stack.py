@@ -352,3 +352,11 @@ def test_cuda_requested_without_gpu():
     with pytest.raises(CompatInputError, match="no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_stack_fingerprint_without_loading_equals_the_loaded_stacks(tiny_adapter, tiny_base):
+    from pytest_modelcompat.stack import load_stack, stack_fingerprint
+
+    assert stack_fingerprint(tiny_adapter, tiny_base) == load_stack(tiny_adapter, tiny_base, device="cpu").fingerprint
+    assert stack_fingerprint(tiny_adapter) == load_stack(tiny_adapter, device="cpu").fingerprint
+    assert stack_fingerprint(tiny_adapter, dtype="bfloat16") != stack_fingerprint(tiny_adapter)
