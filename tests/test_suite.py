@@ -448,3 +448,17 @@ def test_random_rows_under_valid_suites_raise_only_input_errors(tmp_path, rows, 
         else:
             assert len(instances) == len(rows)
             assert all(isinstance(i.context, str) and isinstance(i.gold, (int, str)) for i in instances)
+
+
+def test_train_split_is_its_own_task_for_the_cache(suite_dir):
+    # muscle's teacher predictions live in the result cache under the train split's fingerprint: the same
+    # ids (row 0, 1, ...) in the eval and train files must never share entries.
+    write_jsonl(suite_dir / "data" / "train.jsonl", [dict(row, label=1 - int(row["label"])) for row in ROWS])
+    [task] = load_suite(write_suite(suite_dir, [mc_task(train="data/train.jsonl", limit=2)]))
+    train = task.train_split()
+    assert train.fingerprint() != task.fingerprint()
+    assert [i.gold for i in load_instances(train)] == [1 - int(row["label"]) for row in ROWS]   # all rows, no limit
+    assert [i.id for i in load_instances(train)] == [i.id for i in load_instances(task, limit=len(ROWS))]
+    # the eval split's fingerprint does not depend on the train file (its cache entries stay valid)
+    [without_train] = load_suite(write_suite(suite_dir, [mc_task(limit=2)]))
+    assert without_train.fingerprint() == task.fingerprint()
