@@ -162,6 +162,7 @@ class Recipe:
         from torch.utils.data import DataLoader
         from transformers import get_linear_schedule_with_warmup
 
+        from pytest_modelcompat.engine import pad_token_id
         from pytest_modelcompat.progress import make_progress
 
         self.config, self.task = preflight(self.config)       # every cheap check, before any model loads
@@ -188,8 +189,7 @@ class Recipe:
         self.teachers = self._teacher_signals()
         self.old_val = self._old_val_predictions()
         self.model, self.tokenizer, self.base = _student(config, self.device_name)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         self.objective = self._objective()
         train_items = self.objective.items(self.train_inst, train=True)
         self.val_items = self.objective.items(self.val_inst, start=len(train_items))

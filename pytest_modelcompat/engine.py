@@ -91,6 +91,11 @@ def encode_request(tokenizer, context: str, continuations: Sequence[str]) -> lis
     return [(context_enc, encode(tokenizer, context + moved + c)[len(context_enc):]) for c in continuations]
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id padding uses: the tokenizer's pad token, else its EOS (padding is never attended)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def max_length(model, tokenizer) -> int:
     """The model's maximum sequence length, resolved exactly as HFLM resolves it."""
     return _config_max_length(model.config, tokenizer)
@@ -258,7 +263,7 @@ def loglikelihoods(
     trees, first_slot = _build_trees(tokenizer, requests, max_length(model, tokenizer))
     # Longest first: the first batch is the biggest, so memory problems show at once.
     trees.sort(key=lambda tree: -tree.length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     dtype = next(model.parameters()).dtype
     values = [0.0] * first_slot[-1]
     advance = progress_advancer(progress, description, len(trees))
@@ -283,11 +288,11 @@ def packed_choice_loglikelihoods(model, tokenizer, requests: Sequence[Request], 
     """
     config = config or model.config
     trees, first_slot = _build_trees(tokenizer, requests, _config_max_length(config, tokenizer))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     dtype = next(model.parameters()).dtype
-    slots, sums = _forward_trees(model, trees, pad_id, device, dtype, config=config)
-    order = sums[sorted(range(len(slots)), key=slots.__getitem__)]  # slot order; every slot is scored
-    return [order[first_slot[i]: first_slot[i + 1]] for i in range(len(requests))]
+    # Every slot has ≥ 1 scored token and _forward_trees returns them sorted: sums[slot] is that slot's.
+    _, sums = _forward_trees(model, trees, pad_id, device, dtype, config=config)
+    return [sums[first_slot[i]: first_slot[i + 1]] for i in range(len(requests))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +324,7 @@ def generate(
     room = max(1, max_length(model, tokenizer) - max_new_tokens)
     encoded = [encode(tokenizer, prompt)[-room:] for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     eos_ids = model.generation_config.eos_token_id
     eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else [])
     if tokenizer.eos_token_id is not None:
