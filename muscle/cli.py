@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-on", choices=("disagreement", "all"), default="disagreement",
                        help="choice: train on the instances whose target differs from A2's choice distribution "
                             "(plus as many others as anchors), or on all")
+    train.add_argument("--add-modules", default="",
+                       help="comma-separated modules the compatibility adapter adapts beyond A2's (same rank; "
+                            "they start at zero, so training starts at A2), e.g. k_proj,o_proj,gate_proj,up_proj,down_proj")
     train.add_argument("--acc-tolerance", type=float, default=0.005,
                        help="epoch selection: validation accuracy (score) may fall this far below A2's")
     train.add_argument("--precompute-teachers", action="store_true",
@@ -152,16 +155,20 @@ def _train_config(args: argparse.Namespace):
                   resume=args.resume, select=args.select, device=args.device, dtype=args.dtype,
                   allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     if args.command == "finetune":
-        modules = [m.strip() for m in args.target_modules.split(",") if m.strip()]
         return TrainConfig(mode="finetune", base=args.base, rank=args.rank, alpha=args.alpha,
-                           target_modules=modules, **common)
+                           target_modules=_module_list(args.target_modules), **common)
     return TrainConfig(mode="train", old_adapter=args.old_adapter, new_adapter=args.new_adapter,
                        old_base=args.old_base, base=args.new_base, objective=args.objective, mask=args.mask,
                        temperature=args.temperature, ce_weight=args.ce_weight, old_target=args.old_target,
                        new_target=args.new_target,
                        ensemble_weight=args.ensemble_weight, focal_weight=args.focal_weight, train_on=args.train_on,
                        acc_tolerance=args.acc_tolerance, precompute_teachers=args.precompute_teachers,
-                       top_k=args.top_k, cache=args.cache, no_cache=args.no_cache, **common)
+                       top_k=args.top_k, cache=args.cache, no_cache=args.no_cache,
+                       add_modules=tuple(_module_list(args.add_modules)), **common)
+
+
+def _module_list(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
 
 
 def _eval(args: argparse.Namespace) -> int:

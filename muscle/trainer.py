@@ -63,6 +63,7 @@ class TrainConfig:
     rank: int = 8
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    add_modules: tuple[str, ...] = ()   # train: modules the student adapts beyond A2's (start at zero)
     lr: float | None = None             # None: DEFAULT_LR of the mode
     epochs: int = 3
     batch_size: int = 8
@@ -469,6 +470,7 @@ def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
     """
     identity = {"config": {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY},
                 "data": task.train_split().fingerprint()}
+    identity = json.loads(json.dumps(identity, default=str))   # as it reads back (tuples become lists)
     recorded = work / RUN_JSON
     if config.resume and recorded.is_file():
         before = json.loads(recorded.read_text())
@@ -482,7 +484,7 @@ def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
     if main:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        atomic_write(recorded, json.dumps(identity, indent=1, default=str) + "\n")
+        atomic_write(recorded, json.dumps(identity, indent=1) + "\n")
     return False
 
 
@@ -518,13 +520,42 @@ def _student(config: TrainConfig, device: str):
     if not base:
         raise CompatInputError(f"adapter {config.new_adapter!r} does not name its base; pass --new-base")
     model, tokenizer, _ = load_base(base, **opts)
-    model = attach_adapter(model, config.new_adapter, name=STUDENT, trainable=True, allow_pickle=config.allow_pickle)
+    if config.add_modules:
+        model = _widened_student(model, config)
+    else:
+        model = attach_adapter(model, config.new_adapter, name=STUDENT, trainable=True,
+                               allow_pickle=config.allow_pickle)
     # The output adapter names the base it was trained on (A2's config may name its base otherwise);
     # PEFT also reads it when saving, to check the vocabulary.
     model.peft_config[STUDENT].base_model_name_or_path = model.base_model.model.name_or_path
     if config.objective == "token":
         attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
     return model, tokenizer, model.base_model.model.name_or_path
+
+
+def _widened_student(model, config: TrainConfig):
+    """A2's adapter extended to ``config.add_modules``: A2's LoRA weights where A2 has them, fresh LoRA
+    pairs elsewhere. PEFT initialises every B to zero, so the student starts exactly as A2; the extra
+    modules give it room to follow an update that touched more than A2's modules."""
+    from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
+
+    from pytest_modelcompat.stack import check_adapter_files
+
+    check_adapter_files(config.new_adapter, allow_pickle=config.allow_pickle)
+    lora = LoraConfig.from_pretrained(config.new_adapter)
+    lora.target_modules = sorted(set(lora.target_modules) | set(config.add_modules))
+    lora.inference_mode = False
+    lora.base_model_name_or_path = model.name_or_path   # the base it trains on (A2's may name it otherwise)
+    try:
+        model = get_peft_model(model, lora, adapter_name=STUDENT)
+    except ValueError as exc:   # a module name the base does not have
+        raise CompatInputError(f"--add-modules: {exc}".splitlines()[0]) from None
+    loaded = set_peft_model_state_dict(model, load_peft_weights(str(config.new_adapter)),
+                                       adapter_name=STUDENT)
+    if loaded.unexpected_keys:
+        raise CompatInputError(f"adapter {config.new_adapter!r} has weights the widened student lacks "
+                               f"({loaded.unexpected_keys[0]}); pass the base it was trained on")
+    return model
 
 
 def _predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int, progress):

@@ -356,3 +356,17 @@ def test_every_cli_option_has_help():
     for name, sub in parser._subparsers._group_actions[0].choices.items():
         for action in sub._actions:
             assert action.help, f"muscle {name} {action.option_strings} has no help"
+
+
+def test_add_modules_widens_the_student_which_starts_as_a2(task_dir, adapters, tmp_path):
+    plain = _train(task_dir, adapters, tmp_path / "plain", "train", "pick", epochs="1")
+    out = tmp_path / "wide"
+    # --select loss keeps the trained epoch, so the output is the widened adapter (epoch 0 would copy A2)
+    wide = _train(task_dir, adapters, out, "train", "pick", "--add-modules", "k_proj, o_proj", "--select", "loss",
+                  epochs="1")
+    assert wide["epochs"][0]["val"] == pytest.approx(plain["epochs"][0]["val"], rel=1e-6)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "v_proj", "lm_head", "k_proj", "o_proj"}
+    tensors = _adapter_tensors(out)
+    added_b = [t for name, t in tensors.items() if "k_proj.lora_B" in name or "o_proj.lora_B" in name]
+    assert added_b and all(t.abs().sum() > 0 for t in added_b)     # trained away from their zero start
