@@ -186,7 +186,7 @@ def _eval(args: argparse.Namespace) -> int:
         write_reports,
     )
     from pytest_modelcompat.stack import check_stack_files, load_stack
-    from pytest_modelcompat.suite import load_instances, load_suite
+    from pytest_modelcompat.suite import load_instances, load_suite, resolve_task
 
     if args.limit is not None and args.limit < 1:
         raise CompatInputError(f"--limit must be a positive integer, got {args.limit}")
@@ -235,7 +235,7 @@ def _eval(args: argparse.Namespace) -> int:
     records = []
     for task in tasks:
         with make_progress(transient=True) as progress:
-            result = evaluate.evaluate_task(old, new, task, limit=args.limit, batch_size=args.batch_size,
+            result = evaluate.evaluate_task(old, new, resolve_task(task), limit=args.limit, batch_size=args.batch_size,
                                             cache=cache, progress=progress, noise_margin=args.noise_margin)
         command = muscle_train_command(suite=args.suite, task=task.name,
                                        old_adapter=args.old_adapter or old_meta["adapter"],
@@ -284,11 +284,12 @@ def _save_baseline(args: argparse.Namespace, tasks, old, cache) -> int:
     from pytest_modelcompat.baseline import write_snapshot
     from pytest_modelcompat.progress import make_progress
     from pytest_modelcompat.report import stack_meta
+    from pytest_modelcompat.suite import resolve_task
 
     entries = []
     for task in tasks:
         with make_progress(transient=True) as progress:
-            entries.append(evaluate.baseline_entry(old, task, limit=args.limit, cache=cache,
+            entries.append(evaluate.baseline_entry(old, resolve_task(task), limit=args.limit, cache=cache,
                                                    batch_size=args.batch_size, progress=progress))
     path = write_snapshot(args.save_baseline, stack_meta(old), entries)
     print(f"wrote {path} (baseline snapshot: {len(entries)} task(s), "

@@ -41,14 +41,19 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat import engine
 from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat.taskspec import require_resolved
 
 if TYPE_CHECKING:
     from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.gate import GateResult
     from pytest_modelcompat.stack import Stack
-    from pytest_modelcompat.suite import Instance, TaskSpec
+    from pytest_modelcompat.taskspec import Instance, TaskSpec
 
+# Packed rows (one per context, all its choices as branches) per forward pass, or prompts per
+# generation batch: the default of every entry point's batch-size option (--compat-batch-size,
+# muscle eval --batch-size) and of the functions below.
+DEFAULT_BATCH_SIZE = 16
 GENERATIVE_NO_REPEAT_NGRAM = 2
 # The gate check a task fails when instances have non-finite log-likelihoods (value: their count).
 NONFINITE_CHECK = "nonfinite_scores"
@@ -228,17 +233,14 @@ def _healthy(prediction: Prediction) -> bool:
 
 def predict(
     stack: Stack, task: TaskSpec, instances: Sequence[Instance], *, cache: ResultCache | None = None,
-    batch_size: int = 16, progress: Any = None, description: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None, description: str | None = None,
 ) -> list[Prediction]:
     """One Prediction per instance; cached ones are reused, the rest computed and stored.
 
     Predictions with non-finite log-likelihoods are returned but not cached, so a fixed model
     (or dtype) is scored afresh next time.
     """
-    if task.kind is None:
-        from pytest_modelcompat.suite import resolve_task
-
-        task = resolve_task(task)
+    require_resolved(task, "predict()")
     if task.kind not in _PREDICTORS:
         raise CompatInputError(f"task {task.name!r}: unknown kind {task.kind!r}; use one of {sorted(_PREDICTORS)}")
     task_fp = task.fingerprint()
@@ -279,12 +281,12 @@ def _nonfinite_warning(side: str, instances: Sequence[Instance], predictions: Se
 
 
 def baseline_entry(stack: Stack, task: TaskSpec, *, limit: int | None = None, cache: ResultCache | None = None,
-                   batch_size: int = 16, progress: Any = None) -> dict[str, Any]:
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None) -> dict[str, Any]:
     """Score ``task`` with the old stack only → its baseline snapshot entry (``baseline.task_entry``)."""
     from pytest_modelcompat.baseline import task_entry
-    from pytest_modelcompat.suite import load_instances, resolve_task
+    from pytest_modelcompat.suite import load_instances
 
-    task = resolve_task(task)
+    require_resolved(task, "baseline_entry()")
     instances = load_instances(task, limit=effective_limit(limit, task.limit))
     predictions = predict(stack, task, instances, cache=cache, batch_size=batch_size, progress=progress,
                           description=f"{task.name} · old (baseline)")
@@ -352,7 +354,7 @@ def compare(
 
 def evaluate_task(
     old: Stack | Snapshot, new: Stack, task: TaskSpec, *, limit: int | None = None,
-    cache: ResultCache | None = None, batch_size: int = 16, gate_override: Mapping[str, float] | None = None,
+    cache: ResultCache | None = None, batch_size: int = DEFAULT_BATCH_SIZE, gate_override: Mapping[str, float] | None = None,
     progress: Any = None, noise_margin: float | None = None,
 ) -> TaskResult:
     """Predict with both stacks, compute the flip metrics and check the gate.
@@ -363,9 +365,9 @@ def evaluate_task(
     ``noise_margin`` (default ``metrics.DEFAULT_NOISE_MARGIN``) decides which flips are unstable.
     """
     from pytest_modelcompat.baseline import Snapshot
-    from pytest_modelcompat.suite import load_instances, resolve_task
+    from pytest_modelcompat.suite import load_instances
 
-    task = resolve_task(task)
+    require_resolved(task, "evaluate_task()")
     instances = load_instances(task, limit=effective_limit(limit, task.limit))
     kwargs = {"cache": cache, "batch_size": batch_size, "progress": progress}
     if isinstance(old, Snapshot):

@@ -1,4 +1,4 @@
-"""``lm_eval:`` suite tasks: lm-eval 0.4's own task definitions as a source of instances.
+"""``lm_eval:`` suite tasks, one of the two task sources: lm-eval 0.4's own task definitions.
 
 Nothing here re-implements lm-eval: the task is built by lm-eval's ``TaskManager`` (a registered
 name, or a task YAML path: a local ``dataset_path: json`` + ``dataset_kwargs: {data_files: ...}``
@@ -6,7 +6,7 @@ task works offline), instances come from ``Task.build_all_requests`` (so few-sho
 lm-eval's sampler, seeded like ``lm_eval.simple_evaluate``), and generated answers go through the
 task's own filter pipeline and metric (:func:`response_filter`, :func:`response_correct`).
 
-Mapping onto our kinds (see :func:`resolve_lmeval_task`):
+Mapping onto our kinds (see :func:`resolve`, which ``suite.resolve_task`` calls once per entry):
 
 - ``output_type: multiple_choice`` → ``multiple_choice``; ``delimiter`` = ``target_delimiter``;
   ``normalize: true`` in the suite selects lm-eval's ``acc_norm`` and needs the task to list it.
@@ -15,6 +15,7 @@ Mapping onto our kinds (see :func:`resolve_lmeval_task`):
 
 Everything is imported and built lazily, once per process per task reference: a task *name* costs
 lm-eval's index scan of its bundled task YAMLs (~15 s here), a YAML path only the task itself.
+This module knows ``taskspec.py`` only (not ``suite.py``, which dispatches to it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.gate import validate_gate
-from pytest_modelcompat.suite import Instance, TaskSpec, row_ids
+from pytest_modelcompat.taskspec import Instance, TaskSpec, file_sha256, gold_index, require_resolved, row_ids
 
 # lm_eval.simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 FEWSHOT_SEED = 1234
@@ -35,8 +36,9 @@ FEWSHOT_SEED = 1234
 DEFAULT_MAX_GEN_TOKS = 256
 
 
-def resolve_lmeval_task(task: TaskSpec) -> TaskSpec:
-    """``task`` with kind, delimiter, stop and max_new_tokens taken from the lm-eval task."""
+def resolve(task: TaskSpec) -> TaskSpec:
+    """The ``lm_eval:`` entry ``task`` resolved: kind, delimiter, stop and max_new_tokens taken from
+    the lm-eval task, and its ``source_digest`` (what its fingerprint covers beyond the suite)."""
     lm_task = lmeval_task(task.lm_eval)
     where = f"{task.source}: task {task.name!r} (lm_eval: {task.lm_eval})"
     config = lm_task.config
@@ -73,12 +75,24 @@ def resolve_lmeval_task(task: TaskSpec) -> TaskSpec:
             "use a multiple_choice or generate_until task"
         )
     validate_gate(task.gate, resolved.kind, where=f"{where}: gate")
-    return resolved
+    return replace(resolved, source_digest=source_digest(task.lm_eval))
 
 
-def load_lmeval_instances(task: TaskSpec, split: str = "data", limit: int | None = None) -> list[Instance]:
+def source_digest(reference: str) -> dict[str, Any]:
+    """What identifies an lm-eval task beyond its suite entry: the lm-eval version (which defines
+    the task's prompts), its YAML's content (a YAML path) and its dataset's content."""
+    from importlib.metadata import version
+
+    path = Path(reference)
+    return {"lm_eval_version": version("lm_eval"),
+            "lm_eval_yaml_sha256": file_sha256(path) if path.is_file() else None,
+            "lm_eval_dataset_sha256": dataset_sha256(reference)}
+
+
+def instances(task: TaskSpec, split: str = "data", limit: int | None = None) -> list[Instance]:
     """lm-eval's requests for the first ``limit`` docs of the eval split (test, else validation)
     or, for ``split="train"``, the task's training docs with the same prompt construction."""
+    require_resolved(task, "instances()")
     lm_task = lmeval_task(task.lm_eval)
     where = f"{task.source}: task {task.name!r} (lm_eval: {task.lm_eval})"
     if split == "train":
@@ -98,7 +112,7 @@ def load_lmeval_instances(task: TaskSpec, split: str = "data", limit: int | None
         instance_where = f"{where}, doc {index}"
         if task.kind == "multiple_choice":
             choices = tuple(str(choice) for choice in lm_task.doc_to_choice(doc))
-            gold = _gold_index(lm_task.doc_to_target(doc), choices, instance_where)
+            gold = gold_index(lm_task.doc_to_target(doc), choices, instance_where)
             instances.append(Instance(ids[index], context, choices, gold, doc))
         else:
             instances.append(Instance(ids[index], context, None, _gold_text(lm_task, doc, instance_where), doc))
@@ -202,15 +216,6 @@ def _contexts(lm_task, docs: list[dict], split: str) -> list[str]:
     for request in lm_task.instances:
         first_requests.setdefault(request.doc_id, request)
     return [first_requests[doc_id].arguments[0] for doc_id in range(len(docs))]
-
-
-def _gold_index(gold: Any, choices: tuple[str, ...], where: str) -> int:
-    """lm-eval's process_results reading of a multiple-choice gold (index or choice text)."""
-    if isinstance(gold, str) and gold in choices:
-        return choices.index(gold)
-    if isinstance(gold, int) and not isinstance(gold, bool) and 0 <= gold < len(choices):
-        return gold
-    raise CompatInputError(f"{where}: gold {gold!r} is not an index or text of the {len(choices)} choices")
 
 
 def _gold_text(lm_task, doc: Mapping[str, Any], where: str) -> str:

@@ -313,7 +313,9 @@ class CompatSession:
         from pytest_modelcompat.evaluate import evaluate_task
         from pytest_modelcompat.progress import make_progress
         from pytest_modelcompat.report import muscle_train_command, stack_meta, task_record
+        from pytest_modelcompat.suite import resolve_task
 
+        task = resolve_task(task)
         snapshot = self.options.baseline
         if self.options.mode == "save":
             self.save_task(item, task)
@@ -365,7 +367,9 @@ class CompatSession:
         from pytest_modelcompat.evaluate import baseline_entry
         from pytest_modelcompat.progress import make_progress
         from pytest_modelcompat.report import stack_meta
+        from pytest_modelcompat.suite import resolve_task
 
+        task = resolve_task(task)
         old = self.stack("old")
         capture = item.config.pluginmanager.getplugin("capturemanager")
         with (capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()), \

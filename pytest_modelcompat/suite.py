@@ -1,44 +1,40 @@
-"""Suite files (README.md, "A suite file") → :class:`TaskSpec`; data files + Jinja2 templates → :class:`Instance`.
+"""Suite files (README.md, "A suite file") → task entries, and the task-source step that makes
+each entry a complete :class:`TaskSpec` exactly once.
 
-Templates render exactly as lm-eval renders ``doc_to_text`` / ``doc_to_choice`` /
-``doc_to_target`` (same Jinja2 environment: ``StrictUndefined``, ``keep_trailing_newline``, the
-``regex_replace`` filter), and follow lm-eval's conventions around them:
+:func:`load_suite` parses and strictly validates a suite file (no lm-eval import, so pytest
+collection stays fast and skipped runs cost nothing). Its entries come from one of two task
+sources, each a module of its own that knows only ``taskspec.py``:
 
-- a template that is exactly the name of a field of the row yields that field's value as is;
-- ``choices`` given as one string renders to a Python list literal (``ast.literal_eval``);
-- ``label`` renders to a gold index (an int, or a string of digits) or to the text of a choice.
+- template tasks (``kind:`` + Jinja2 templates over a data file): ``templates.py``; complete as
+  parsed;
+- lm-eval tasks (``lm_eval:``): ``lmeval_tasks.py``; their ``kind``, delimiter, stop sequences
+  and token budget come from lm-eval's task config, which needs lm-eval's task index (tens of
+  seconds for a task *name*) and the task's dataset, so until resolved such an entry has
+  ``kind=None``.
 
-``lm_eval:`` tasks are loaded lazily: :func:`load_suite` only validates them (no lm-eval import, so
-pytest collection stays fast and skipped runs cost nothing); their ``kind``, delimiter, stop
-sequences and token budget come from lm-eval's task config in :func:`resolve_task`, which needs
-lm-eval's task index (tens of seconds for a task *name*) and the task's dataset. Until resolved,
-such a spec has ``kind=None``; :func:`load_instances` resolves on its own.
+:func:`resolve_task` is the one place an entry becomes a resolved spec (entry points call it
+once per task: ``session.Session.resolve``, muscle's preflight); :func:`load_instances` reads a
+resolved spec's instances from its source. Neither scoring, caching nor comparing ever sees an
+unresolved entry (``taskspec.require_resolved``).
 """
 
 from __future__ import annotations
 
-import ast
-import csv
-import dataclasses
-import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_modelcompat import templates
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.gate import validate_gate
 from pytest_modelcompat.similarity import similarity
+from pytest_modelcompat.taskspec import KINDS, Instance, Kind, TaskSpec, require_resolved, row_ids
+from pytest_modelcompat.templates import DATA_SUFFIXES, compile_templates, read_rows
 
-Kind = Literal["multiple_choice", "exact_match", "generative"]
-KINDS: tuple[str, ...] = ("multiple_choice", "exact_match", "generative")
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
-# Bumped when the meaning of a fingerprinted field changes, so old cache entries stop matching.
-_FINGERPRINT_VERSION = 1
+__all__ = ["DATA_SUFFIXES", "KINDS", "Instance", "Kind", "TaskSpec", "load_instances", "load_suite",
+           "read_rows", "resolve_task", "row_ids"]
 
 _COMMON_KEYS = {"name", "limit", "gate"}
 _TEMPLATE_TASK_KEYS = _COMMON_KEYS | {"kind", "data", "train", "text", "delimiter", "max_new_tokens", "stop"}
@@ -54,77 +50,6 @@ _KIND_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "lm_eval": ({"lm_eval"}, _COMMON_KEYS | {"lm_eval", "normalize"}),
 }
 _ALL_TASK_KEYS = set().union(*(allowed for _, allowed in _KIND_KEYS.values()))
-
-
-@dataclass(frozen=True)
-class Instance:
-    id: str  # the row's "id"/"idx" field if any, else its 0-based row index
-    context: str  # rendered prompt, WITHOUT the delimiter
-    choices: tuple[str, ...] | None  # multiple_choice: rendered choices, WITHOUT the delimiter
-    gold: int | str  # multiple_choice: gold index; otherwise the rendered target text
-    doc: Mapping[str, Any] = field(hash=False, compare=False)  # the raw row
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One entry of a suite's ``tasks:`` list, validated; paths resolved against the suite file."""
-
-    name: str
-    kind: Kind | None  # None only for an ``lm_eval:`` task not yet passed through resolve_task
-    source: Path
-    data: Path | None = None
-    train: Path | None = None
-    text: str | None = None
-    choices: str | list[str] | None = field(default=None, hash=False)
-    label: str | None = None
-    target: str | None = None
-    delimiter: str = " "
-    normalize: bool = False
-    limit: int | None = None
-    gate: Mapping[str, float] = field(default_factory=dict, hash=False)
-    extract: str | None = None
-    max_new_tokens: int = 256
-    stop: tuple[str, ...] = ()
-    metric: str = "rouge1"
-    lm_eval: str | None = None  # an lm-eval task name, or an absolute path to an lm-eval task YAML
-    split: Literal["data", "train"] = "data"  # which split ``load_instances(task)`` reads
-
-    def train_split(self) -> TaskSpec:
-        """This task scored on its ``train:`` split (what ``muscle`` trains on): the same templates,
-        but its own fingerprint, so the result cache never mixes the two splits' instances."""
-        return dataclasses.replace(self, split="train", limit=None,
-                                   data=self.train if self.lm_eval is None else self.data)
-
-    def fingerprint(self) -> str:
-        """sha256 over everything that changes predictions: not ``name``, ``gate`` or ``limit``.
-
-        The data file counts by content (not path or mtime), so moving a checkout keeps the cache.
-        An ``lm_eval:`` task counts by its reference, its YAML's content, the lm-eval version
-        (which defines the task's prompts) and its dataset's content; call it on the resolved spec.
-        """
-        if self.kind is None:
-            raise ValueError(f"task {self.name!r}: fingerprint() needs the spec from resolve_task()")
-        payload: dict[str, Any] = {
-            "version": _FINGERPRINT_VERSION,
-            **{
-                key: getattr(self, key)
-                for key in ("kind", "text", "choices", "label", "target", "delimiter", "normalize",
-                            "extract", "stop", "max_new_tokens", "metric", "lm_eval")
-            },
-            "data_sha256": None if self.data is None else _file_sha256(self.data),
-        }
-        if self.split != "data":  # only then: the eval split's fingerprints (and caches) stay as they were
-            payload["split"] = self.split
-        if self.lm_eval is not None:
-            from importlib.metadata import version
-
-            payload["lm_eval_version"] = version("lm_eval")
-            lm_eval_path = Path(self.lm_eval)
-            payload["lm_eval_yaml_sha256"] = _file_sha256(lm_eval_path) if lm_eval_path.is_file() else None
-            from pytest_modelcompat.lmeval_tasks import dataset_sha256
-
-            payload["lm_eval_dataset_sha256"] = dataset_sha256(self.lm_eval)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 
 def load_suite(path: str | os.PathLike) -> list[TaskSpec]:
@@ -164,21 +89,24 @@ def load_suite(path: str | os.PathLike) -> list[TaskSpec]:
 
 
 def resolve_task(task: TaskSpec) -> TaskSpec:
-    """The complete spec: ``task`` itself, or for an ``lm_eval:`` task its kind etc. from lm-eval."""
-    if task.lm_eval is None:
+    """The complete spec of a suite entry: a template task (or an already resolved spec) as it
+    is, an ``lm_eval:`` entry with its kind etc. from lm-eval (slow: call it once per task)."""
+    if task.resolved:
         return task
-    from pytest_modelcompat.lmeval_tasks import resolve_lmeval_task
+    from pytest_modelcompat import lmeval_tasks
 
-    return resolve_lmeval_task(task)
+    return lmeval_tasks.resolve(task)
 
 
 def load_instances(
     task: TaskSpec, split: Literal["data", "train"] = "data", limit: int | None = None
 ) -> list[Instance]:
-    """The first ``limit`` rendered instances of a split (``limit`` defaults to the task's own
-    ``limit:`` for the eval split; the train split is only cut by an explicit ``limit``)."""
+    """The first ``limit`` instances of a resolved task's split, from its source (``limit``
+    defaults to the task's own ``limit:`` for the eval split; the train split is only cut by an
+    explicit ``limit``)."""
     if split not in ("data", "train"):
         raise ValueError(f"split must be 'data' or 'train', not {split!r}")
+    require_resolved(task, "load_instances()")
     if task.split == "train":
         split = "train"
     if limit is None and split == "data":
@@ -186,22 +114,10 @@ def load_instances(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise CompatInputError(f"task {task.name!r}: limit must be a positive integer, got {limit!r}")
     if task.lm_eval is not None:
-        from pytest_modelcompat.lmeval_tasks import load_lmeval_instances
+        from pytest_modelcompat import lmeval_tasks
 
-        return load_lmeval_instances(resolve_task(task), split=split, limit=limit)
-    path = task.data if split == "data" else task.train
-    if path is None:
-        raise CompatInputError(
-            f"{task.source}: task {task.name!r} has no `train:` file; add one to train on this task"
-        )
-    rows = read_rows(path)
-    ids = row_ids(rows, str(path))
-    templates = _compile_templates(task)
-    where = f"{path}: task {task.name!r}"
-    return [
-        _render_instance(task, templates, where, index, ids[index], row)
-        for index, row in enumerate(rows[:limit] if limit is not None else rows)
-    ]
+        return lmeval_tasks.instances(task, split, limit)
+    return templates.instances(task, split, limit)
 
 
 # ----------------------------------------------------------------------------- suite parsing
@@ -266,7 +182,7 @@ def _parse_task(path: Path, position: int, entry: Any) -> TaskSpec:
     values["gate"] = validate_gate(entry.get("gate"), values["kind"], where=f"{where}: gate")
     spec = TaskSpec(**values)
     if spec.kind is not None:
-        _compile_templates(spec)  # template syntax errors surface at load time, not mid-run
+        compile_templates(spec)  # template syntax errors surface at load time, not mid-run
     return spec
 
 
@@ -343,238 +259,3 @@ def _lm_eval_reference(value: Any, suite: Path, where: str) -> str:
             raise CompatInputError(f"{where}: lm-eval task file {path} does not exist; check `lm_eval:`")
         return str(path)
     return reference
-
-
-# ----------------------------------------------------------------------------- data files
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a .jsonl / .json / .csv / .tsv data file, each a dict (header = keys)."""
-    suffix = path.suffix.lower()
-    if suffix not in DATA_SUFFIXES:
-        raise CompatInputError(f"{path}: unsupported data file type; use one of {', '.join(DATA_SUFFIXES)}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise CompatInputError(f"data file {path} does not exist; check the path in the suite") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompatInputError(f"cannot read data file {path} as UTF-8 text: {exc}") from None
-    if not text.strip():
-        raise CompatInputError(f"data file {path} is empty; it needs at least one row")
-    if suffix == ".jsonl":
-        rows = _jsonl_rows(path, text)
-    elif suffix == ".json":
-        rows = _json_rows(path, text)
-    else:
-        rows = _delimited_rows(path, text, "\t" if suffix == ".tsv" else ",")
-    if not rows:
-        raise CompatInputError(f"data file {path} has no rows")
-    return rows
-
-
-def _jsonl_rows(path: Path, text: str) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CompatInputError(f"{path}:{number}: malformed JSON line ({exc.msg}); fix or remove it") from None
-        if not isinstance(row, dict):
-            raise CompatInputError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _json_rows(path: Path, text: str) -> list[dict[str, Any]]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CompatInputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    rows = document.get("data") if isinstance(document, dict) else document
-    if not isinstance(rows, list):
-        raise CompatInputError(f"{path}: a .json data file is a list of row objects or {{\"data\": [...]}}")
-    for number, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise CompatInputError(f"{path}: row {number} must be a JSON object, got {type(row).__name__}")
-    return rows
-
-
-def _delimited_rows(path: Path, text: str, delimiter: str) -> list[dict[str, Any]]:
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, strict=True)
-    try:
-        header = next(reader)
-        if len(set(header)) != len(header) or not all(column.strip() for column in header):
-            raise CompatInputError(f"{path}: the header row needs unique, non-empty column names, got {header}")
-        rows = []
-        for record in reader:
-            if not record:
-                continue
-            if len(record) != len(header):
-                raise CompatInputError(
-                    f"{path}:{reader.line_num}: {len(record)} fields but the header has {len(header)}; "
-                    "quote fields that contain the delimiter"
-                )
-            rows.append(dict(zip(header, record, strict=True)))
-    except csv.Error as exc:
-        raise CompatInputError(f"{path}:{reader.line_num}: malformed {path.suffix[1:]} ({exc})") from None
-    return rows
-
-
-def row_ids(rows: list[Mapping[str, Any]], where: str) -> list[str]:
-    """Stable instance ids: each row's ``id`` (or ``idx``) field, else its 0-based index."""
-    id_key = next((key for key in ("id", "idx") if rows and key in rows[0]), None)
-    if id_key is None:
-        return [str(index) for index in range(len(rows))]
-    ids: list[str] = []
-    first_row: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        value = row.get(id_key)
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-            raise CompatInputError(f"{where}: row {index} has no usable `{id_key}` (got {value!r}); every row needs one")
-        instance_id = str(value)
-        if instance_id in first_row:
-            raise CompatInputError(
-                f"{where}: rows {first_row[instance_id]} and {index} share {id_key} {instance_id!r}; ids must be unique"
-            )
-        first_row[instance_id] = index
-        ids.append(instance_id)
-    return ids
-
-
-@lru_cache(maxsize=64)
-def _content_sha256(path: str, mtime_ns: int, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise CompatInputError(f"cannot read {path}: {exc}; check the path in the suite") from None
-    return _content_sha256(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-# ----------------------------------------------------------------------------- templates
-
-
-@cache
-def _jinja_environment():
-    """lm-eval's template environment (lm_eval.utils.env), rebuilt here to keep imports light."""
-    from jinja2 import BaseLoader, Environment, StrictUndefined
-
-    environment = Environment(loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True)
-    environment.filters["regex_replace"] = lambda string, pattern, repl, count=0: re.sub(
-        pattern, repl, string, count=count
-    )
-    return environment
-
-
-def _compile_templates(task: TaskSpec) -> dict[str, Any]:
-    """Compiled templates by key; ``choices`` as a list maps to a list of compiled templates."""
-    from jinja2 import TemplateSyntaxError
-
-    where = f"{task.source}: task {task.name!r}"
-    compiled: dict[str, Any] = {}
-    for key in ("text", "choices", "label", "target"):
-        source = getattr(task, key)
-        if source is None:
-            continue
-        try:
-            if isinstance(source, list):
-                compiled[key] = [(choice, _jinja_environment().from_string(choice)) for choice in source]
-            else:
-                compiled[key] = (source, _jinja_environment().from_string(source))
-        except TemplateSyntaxError as exc:
-            raise CompatInputError(f"{where}: `{key}` is not a valid Jinja2 template ({exc.message})") from None
-    return compiled
-
-
-def _render(template: tuple[str, Any], row: Mapping[str, Any], where: str, key: str) -> Any:
-    """lm-eval's rule: a template naming a field yields the field's value; else render it."""
-    source, compiled = template
-    if source in row:
-        return row[source]
-    from jinja2 import UndefinedError
-
-    try:
-        return compiled.render(**row)
-    except UndefinedError as exc:
-        raise CompatInputError(f"{where}: `{key}` uses a field the row lacks ({exc.message}); fix the template or add the field to every row") from None
-    except Exception as exc:  # the template is user code: any failure is an input problem
-        raise CompatInputError(f"{where}: rendering `{key}` failed ({type(exc).__name__}: {exc})") from None
-
-
-def _as_text(value: Any, where: str, key: str) -> str:
-    if isinstance(value, (dict, list, tuple)) or value is None:
-        raise CompatInputError(f"{where}: `{key}` gave {value!r}, not text; point it at a text field")
-    return str(value)
-
-
-def _render_instance(
-    task: TaskSpec, templates: dict[str, Any], file_where: str, index: int, instance_id: str, row: dict
-) -> Instance:
-    where = f"{file_where}, row {index}"
-    keys = [key for key in row if not isinstance(key, str)]
-    if keys:
-        raise CompatInputError(f"{where}: column names must be strings, got {keys[0]!r}")
-    context = _as_text(_render(templates["text"], row, where, "text"), where, "text")
-    if task.kind == "multiple_choice":
-        choices = _render_choices(templates["choices"], row, where)
-        if task.normalize and "" in choices:
-            # acc_norm divides each choice's log-likelihood by its length in characters
-            raise CompatInputError(
-                f"{where}: choice {choices.index('')} rendered empty and `normalize: true` divides by "
-                "each choice's length; give every choice text or set `normalize: false`"
-            )
-        label = _render(templates["label"], row, where, "label")
-        # lm-eval reads digits as an index only from a rendered template, not from a bare field
-        if task.label not in row and isinstance(label, str) and label.isdigit() and label.isascii():
-            label = int(label)
-        gold = _gold_index(label, choices, where)
-        return Instance(instance_id, context, choices, gold, row)
-    target = _as_text(_render(templates["target"], row, where, "target"), where, "target")
-    return Instance(instance_id, context, None, target, row)
-
-
-def _render_choices(template: Any, row: Mapping[str, Any], where: str) -> tuple[str, ...]:
-    if isinstance(template, list):
-        choices = [_render(choice, row, where, "choices") for choice in template]
-    else:
-        value = _render(template, row, where, "choices")
-        if isinstance(value, str):
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                raise CompatInputError(
-                    f"{where}: `choices` rendered {value[:80]!r}, not a Python list literal; "
-                    "render a list like ['a', 'b'] or give a list of templates"
-                ) from None
-        if not isinstance(value, (list, tuple)):
-            raise CompatInputError(f"{where}: `choices` gave {type(value).__name__}, not a list of choices")
-        choices = list(value)
-    if not choices:
-        raise CompatInputError(f"{where}: `choices` is empty; a multiple-choice instance needs choices")
-    return tuple(_as_text(choice, where, "choices") for choice in choices)
-
-
-def _gold_index(label: Any, choices: tuple[str, ...], where: str) -> int:
-    """lm-eval's reading of a gold label: an index or a choice's text."""
-    if isinstance(label, int) and not isinstance(label, bool):
-        if not 0 <= label < len(choices):
-            raise CompatInputError(
-                f"{where}: label {label} is out of range for {len(choices)} choices; "
-                f"use an index from 0 to {len(choices) - 1} or the text of a choice"
-            )
-        return label
-    if isinstance(label, str) and label in choices:
-        return choices.index(label)
-    hint = "; write `{{field}}` to read digits as an index" if isinstance(label, str) and label.isdigit() else ""
-    raise CompatInputError(
-        f"{where}: label {label!r} is neither a choice index nor the text of one of {len(choices)} choices{hint}"
-    )
