@@ -5,7 +5,7 @@ each entry a complete :class:`TaskSpec` exactly once.
 collection stays fast and skipped runs cost nothing). Its entries come from one of two task
 sources, each a module of its own that knows only ``taskspec.py``:
 
-- template tasks (``kind:`` + Jinja2 templates over a data file): ``templates.py``; complete as
+- template tasks (``kind:`` + Jinja2 templates over a data file): ``template_tasks.py``; complete as
   parsed;
 - lm-eval tasks (``lm_eval:``): ``lmeval_tasks.py``; their ``kind``, delimiter, stop sequences
   and token budget come from lm-eval's task config, which needs lm-eval's task index (tens of
@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_modelcompat import templates
+from pytest_modelcompat import template_tasks
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.gate import validate_gate
 from pytest_modelcompat.similarity import similarity
 from pytest_modelcompat.taskspec import KINDS, Instance, Kind, TaskSpec, require_resolved, row_ids
-from pytest_modelcompat.templates import DATA_SUFFIXES, compile_templates, read_rows
+from pytest_modelcompat.template_tasks import DATA_SUFFIXES, compile_templates, read_rows
 
 __all__ = ["DATA_SUFFIXES", "KINDS", "Instance", "Kind", "TaskSpec", "load_instances", "load_suite",
            "read_rows", "resolve_task", "row_ids"]
@@ -117,7 +117,7 @@ def load_instances(
         from pytest_modelcompat import lmeval_tasks
 
         return lmeval_tasks.instances(task, split, limit)
-    return templates.instances(task, split, limit)
+    return template_tasks.instances(task, split, limit)
 
 
 # ----------------------------------------------------------------------------- suite parsing

@@ -3,7 +3,7 @@ instance-id rule (:func:`row_ids`) and the gold-index rule (:func:`gold_index`).
 
 The two task sources build on this module and on nothing of each other:
 
-- ``templates.py``: a suite entry with ``kind:`` and Jinja2 templates over a data file;
+- ``template_tasks.py``: a suite entry with ``kind:`` and Jinja2 templates over a data file;
 - ``lmeval_tasks.py``: a suite entry with ``lm_eval:``, lm-eval's own task definition.
 
 ``suite.py`` parses a suite file into entries and is the one task-source step
