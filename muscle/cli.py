@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pytest_modelcompat.errors import CompatInputError
 
@@ -118,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scale alpha / r)")
     finetune.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated module names")
 
+    # the run's constants (batch size, noise margin, devices, dtypes): one owner for argparse and pytest
+    from pytest_modelcompat import session
+
     ev = sub.add_parser("eval", help="the gate's metrics and thresholds outside pytest",
                         formatter_class=_HelpFormatter)
     ev.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
@@ -136,13 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", help="result cache dir (default: $MODELCOMPAT_HOME/results, "
                                     "~/.cache/pytest-modelcompat/results); shared with the pytest plugin")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
-    ev.add_argument("--batch-size", type=int, default=16, help="packed rows (one per context) per forward pass")
+    ev.add_argument("--batch-size", type=int, default=session.DEFAULT_BATCH_SIZE,
+                    help="packed rows (one per context) per forward pass")
     ev.add_argument("--noise-margin", type=float, default=None,
                     help="flips with decision margins (or |D(x)|) below this on both sides are 'unstable' "
-                         "(default 0.01; docs/margins.md)")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
-    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                    help="weights and compute dtype")
+                         f"(default {session.DEFAULT_NOISE_MARGIN}; docs/margins.md)")
+    ev.add_argument("--device", choices=session.DEVICES, default=session.DEFAULT_DEVICE,
+                    help="auto: CUDA when available")
+    ev.add_argument("--dtype", choices=session.DTYPES, default=session.DEFAULT_DTYPE, help="weights and compute dtype")
     _trust_options(ev)
     return parser
 
@@ -172,42 +175,38 @@ def _module_list(text: str) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """`muscle eval`: the gate's session (pytest_modelcompat.session) driven from the command line."""
     from rich.console import Console
 
-    from pytest_modelcompat import evaluate
-    from pytest_modelcompat.atomic import check_writable_dir
-    from pytest_modelcompat.cache import ResultCache, cache_home
-    from pytest_modelcompat.progress import make_progress
-    from pytest_modelcompat.report import (
-        muscle_train_command,
-        stack_meta,
-        task_record,
-        terminal_table,
-        write_reports,
-    )
-    from pytest_modelcompat.stack import check_stack_files, load_stack
-    from pytest_modelcompat.suite import load_instances, load_suite, resolve_task
+    from pytest_modelcompat.report import terminal_table
+    from pytest_modelcompat.session import Session, SessionOptions
 
-    if args.limit is not None and args.limit < 1:
-        raise CompatInputError(f"--limit must be a positive integer, got {args.limit}")
-    if args.batch_size < 1:
-        raise CompatInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.noise_margin is not None and not (args.noise_margin >= 0 and args.noise_margin != float("inf")):
-        raise CompatInputError(f"--noise-margin must be a number >= 0, got {args.noise_margin}")
-    _check_eval_mode(args)
-    if args.report:
-        check_writable_dir(args.report, "--report")
-    if args.save_baseline:
-        from pytest_modelcompat.baseline import check_save_path
+    session = Session(SessionOptions.create(
+        entry_point="muscle", old_adapter=args.old_adapter, new_adapter=args.new_adapter, old_base=args.old_base,
+        new_base=args.new_base, save_baseline=args.save_baseline, baseline=args.baseline, limit=args.limit,
+        batch_size=args.batch_size, noise_margin=args.noise_margin, device=args.device, dtype=args.dtype,
+        report_dir=args.report, cache_dir=args.cache, no_cache=args.no_cache, allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+    ))
+    tasks = _eval_tasks(args)
+    for task in tasks:  # data, templates and snapshot coverage: refused before the (slow) model loads
+        session.check_task(task)
+    session.check_stacks()
+    if session.mode == "save":
+        return _save_baseline(session, tasks)
+    records = [session.evaluate(task, nodeid=f"{args.suite}::{task.name}", suite=args.suite).record
+               for task in tasks]
+    console = Console()
+    sys.stdout.write(terminal_table(records, width=console.width, color=console.is_terminal))
+    for path in session.write_reports(records).values():
+        print(f"wrote {path}")
+    return 0 if all(r["entry"]["gate"]["passed"] for r in records) else 1
 
-        check_save_path(args.save_baseline, "--save-baseline")
-    snapshot = None
-    if args.baseline:
-        from pytest_modelcompat.baseline import load_snapshot
 
-        snapshot = load_snapshot(args.baseline, entry_point="muscle")
-    if args.cache and not args.no_cache:
-        check_writable_dir(args.cache, "--cache")
+def _eval_tasks(args: argparse.Namespace) -> list:
+    """The suite's tasks `muscle eval --task` selects (all without --task)."""
+    from pytest_modelcompat.suite import load_suite
+
     tasks = load_suite(args.suite)
     if args.task:
         unknown = sorted(set(args.task) - {t.name for t in tasks})
@@ -215,85 +214,15 @@ def _eval(args: argparse.Namespace) -> int:
             raise CompatInputError(f"task(s) {', '.join(unknown)} not in {args.suite}; "
                                    f"choose from {', '.join(t.name for t in tasks)}")
         tasks = [t for t in tasks if t.name in args.task]
-    for task in tasks:  # data and template problems surface before the (slow) model loads
-        if task.lm_eval is None:
-            instances = load_instances(task, limit=evaluate.effective_limit(args.limit, task.limit))
-            if snapshot is not None:  # a snapshot that does not cover the task: refused before any model
-                snapshot.check_instances(task, instances)
-    trust = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
-    for which in ("old", "new"):  # both checked before the first (slow) model load
-        if getattr(args, f"{which}_adapter") is not None:
-            check_stack_files(getattr(args, f"{which}_adapter"), getattr(args, f"{which}_base"),
-                              allow_pickle=args.allow_pickle, which=which)
-    load = {"device": args.device, "dtype": args.dtype, **trust}
-    cache = None if args.no_cache else ResultCache(Path(args.cache) if args.cache else cache_home() / "results")
-    if args.save_baseline:
-        return _save_baseline(args, tasks, load_stack(args.old_adapter, args.old_base, **load), cache)
-    old = snapshot if snapshot is not None else load_stack(args.old_adapter, args.old_base, **load)
-    new = load_stack(args.new_adapter, args.new_base, **load)
-    old_meta = dict(snapshot.stack) if snapshot is not None else stack_meta(old)
-    records = []
-    for task in tasks:
-        with make_progress(transient=True) as progress:
-            result = evaluate.evaluate_task(old, new, resolve_task(task), limit=args.limit, batch_size=args.batch_size,
-                                            cache=cache, progress=progress, noise_margin=args.noise_margin)
-        command = muscle_train_command(suite=args.suite, task=task.name,
-                                       old_adapter=args.old_adapter or old_meta["adapter"],
-                                       new_adapter=args.new_adapter,
-                                       old_base=old_meta["base"] if snapshot is not None else args.old_base,
-                                       new_base=args.new_base)
-        records.append(task_record(result, old_meta, stack_meta(new), nodeid=f"{args.suite}::{task.name}",
-                                   muscle_command=command))
-    console = Console()
-    sys.stdout.write(terminal_table(records, width=console.width, color=console.is_terminal))
-    if args.report:
-        for path in write_reports(Path(args.report), records).values():
-            print(f"wrote {path}")
-    return 0 if all(r["entry"]["gate"]["passed"] for r in records) else 1
+    return tasks
 
 
-def _check_eval_mode(args: argparse.Namespace) -> None:
-    """Which adapters / snapshot options of `muscle eval` go together (CompatInputError otherwise)."""
-    if args.baseline:
-        if args.old_adapter:
-            raise CompatInputError("--old-adapter and --baseline are both given; the snapshot stands for the old "
-                                   "stack: drop --old-adapter (or --baseline to load the old model)")
-        if args.save_baseline:
-            raise CompatInputError("--save-baseline and --baseline are both given; save a snapshot (with "
-                                   "--old-adapter) or gate against one (with --new-adapter), not both")
-        if not args.new_adapter:
-            raise CompatInputError("--baseline is given but --new-adapter is not; pass the adapter to gate against "
-                                   "the snapshot: --new-adapter PATH")
-    elif args.save_baseline:
-        if not args.old_adapter:
-            raise CompatInputError("--save-baseline is given but --old-adapter is not; pass the adapter whose "
-                                   "predictions to save: --old-adapter PATH")
-        if args.new_adapter:
-            raise CompatInputError("--save-baseline scores the old stack only; drop --new-adapter (gate it later "
-                                   "with --baseline FILE --new-adapter PATH)")
-    elif not (args.old_adapter and args.new_adapter):
-        missing = " and ".join(flag for flag, value in (("--old-adapter", args.old_adapter),
-                                                         ("--new-adapter", args.new_adapter)) if not value)
-        raise CompatInputError(f"{missing} missing: pass --old-adapter A1 --new-adapter A2 (or --old-adapter A1 "
-                               f"--save-baseline FILE, or --baseline FILE --new-adapter A2)")
-
-
-def _save_baseline(args: argparse.Namespace, tasks, old, cache) -> int:
+def _save_baseline(session, tasks) -> int:
     """`muscle eval --save-baseline FILE`: score the old stack only and write the snapshot."""
-    from pytest_modelcompat import evaluate
-    from pytest_modelcompat.baseline import write_snapshot
-    from pytest_modelcompat.progress import make_progress
-    from pytest_modelcompat.report import stack_meta
-    from pytest_modelcompat.suite import resolve_task
-
-    entries = []
-    for task in tasks:
-        with make_progress(transient=True) as progress:
-            entries.append(evaluate.baseline_entry(old, resolve_task(task), limit=args.limit, cache=cache,
-                                                   batch_size=args.batch_size, progress=progress))
-    path = write_snapshot(args.save_baseline, stack_meta(old), entries)
-    print(f"wrote {path} (baseline snapshot: {len(entries)} task(s), "
-          f"{sum(entry['n'] for entry in entries)} instances; old stack {old.fingerprint[:12]})")
+    scored = [session.score_baseline(task) for task in tasks]
+    path, stack = session.write_baseline(scored)
+    print(f"wrote {path} (baseline snapshot: {len(scored)} task(s), "
+          f"{sum(item['entry']['n'] for item in scored)} instances; old stack {stack['fingerprint'][:12]})")
     return 0
 
 

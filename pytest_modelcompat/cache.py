@@ -42,6 +42,11 @@ def cache_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "pytest-modelcompat"
 
 
+def results_dir() -> Path:
+    """The result cache's default root, shared by the plugin, ``muscle eval`` and ``muscle train``."""
+    return cache_home() / "results"
+
+
 def _entries_checksum(entries: Mapping[str, Any]) -> str:
     canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

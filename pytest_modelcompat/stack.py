@@ -55,8 +55,12 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+# The weights' dtypes and devices every entry point offers (--dtype, --device, --compat-device) and
+# their defaults: the one owner argparse and the pytest options read.
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "float32"
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
@@ -466,7 +470,7 @@ def load_tokenizer(base: str | os.PathLike, *, trust_remote_code: bool = False):
     return _tokenizer_from(*_load_source(base), trust_remote_code)
 
 
-def load_base(base: str | os.PathLike, *, device: str = "auto", dtype: str = "float32",
+def load_base(base: str | os.PathLike, *, device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE,
               allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load a base model and its tokenizer; return ``(model, tokenizer, base_fingerprint)``.
 
@@ -555,7 +559,7 @@ def check_stack_files(adapter: str | os.PathLike, base: str | os.PathLike | None
 
 
 def stack_fingerprint(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *,
-                      dtype: str = "float32", allow_pickle: bool = False) -> str | None:
+                      dtype: str = DEFAULT_DTYPE, allow_pickle: bool = False) -> str | None:
     """The fingerprint :func:`load_stack` gives this stack, without loading the model, so cached
     predictions can be found without it; None for a hub base (its identity is the hub commit,
     known only once loaded)."""
@@ -567,8 +571,8 @@ def stack_fingerprint(adapter: str | os.PathLike, base: str | os.PathLike | None
     return _sha256_json({"base": base_fp, "adapter": adapter_fingerprint(adapter, allow_pickle=allow_pickle)})
 
 
-def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *, device: str = "auto",
-               dtype: str = "float32", merge: bool = False, allow_pickle: bool = False,
+def load_stack(adapter: str | os.PathLike, base: str | os.PathLike | None = None, *,
+               device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, merge: bool = False, allow_pickle: bool = False,
                trust_remote_code: bool = False) -> Stack:
     """Base + PEFT adapter, ready for inference (eval mode, no grad), with its fingerprint.
 
