@@ -20,7 +20,18 @@ What makes it faster than lm-eval, which runs context + continuation once per ch
   choice is computed exactly as the lone sequence lm-eval runs would be;
 - the LM head runs only on positions whose next token is scored (``logits_to_keep`` as a
   boolean mask): the context's last position (shared by all choices) and the trie tokens;
-- rows are sorted by length and padded only to the longest row of their batch.
+- rows are sorted by length and batched with rows of the same padded width (below).
+
+**Batch invariance.** A row's scores must not depend on which rows share its batch, or a flip
+gate flips on arithmetic (lm-eval's scores move with batch size: lm-eval issue #3055). Rows are
+independent in every op, but the kernels' reductions over the sequence (attention softmax and
+its weighted sum over keys) round differently when the padded width changes, by an ulp or so of
+the summed log-likelihood (1.5e-5 at -106 on SmolLM2, fp32 CPU). So every row is padded to a width
+that depends on its own length only (:func:`padded_width`, at most 1/8 more than its length), and
+a batch only holds rows of one width: batch size and instance order then change nothing (bit for
+bit in fp32 on CPU; ``tests/test_batch_invariance.py``). Greedy generation does the same with its
+left padding. With bfloat16/float16 or on CUDA, kernels chosen by batch shape (cuBLAS split-K,
+fused attention) may still round differently: invariant only to within fp tolerance there.
 
 A single forward with a tree mask was chosen over "run the context, expand its KV cache over the
 choices, run the choices": it is one call instead of two, needs no cache copies, and keeps the
@@ -194,14 +205,36 @@ def _attention_mask(config, allowed: torch.Tensor, position_ids: torch.Tensor, d
     return {"full_attention": additive(allowed), "sliding_attention": additive(windowed)}
 
 
+def padded_width(length: int) -> int:
+    """The width a row of ``length`` tokens is padded to: a function of the row alone (so its
+    scores never depend on its batch-mates), a multiple of 16, and at most 1/8 above ``length``
+    beyond 128 tokens (step 2**(bit_length - 4))."""
+    step = max(16, 1 << max(0, length.bit_length() - 4))
+    return -(-length // step) * step
+
+
+def same_width_batches(items: Sequence[Any], lengths: Sequence[int], batch_size: int) -> list[list[Any]]:
+    """``items`` (sorted by length, longest first) cut into batches of at most ``batch_size`` whose
+    members all share one :func:`padded_width`."""
+    batches: list[list[Any]] = []
+    width = None
+    for item, length in zip(items, lengths):
+        if not batches or len(batches[-1]) == batch_size or padded_width(length) != width:
+            batches.append([])
+            width = padded_width(length)
+        batches[-1].append(item)
+    return batches
+
+
 def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
-                   config=None) -> tuple[list[int], torch.Tensor]:
+                   config=None, width: int | None = None) -> tuple[list[int], torch.Tensor]:
     """Score one batch of trees; return (choice slots, summed continuation log-probs).
 
-    ``config`` is the model's config when ``model`` is a wrapper without one (DDP in training)."""
+    ``config`` is the model's config when ``model`` is a wrapper without one (DDP in training);
+    ``width``: pad the rows to it (default: the longest tree)."""
     import torch
 
-    width = max(tree.length for tree in trees)
+    width = max(width or 0, max(tree.length for tree in trees))
     rows = len(trees)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((rows, width), dtype=torch.long)
@@ -253,7 +286,8 @@ def loglikelihoods(
     """For each ``(context, continuations)`` the summed log-prob of every continuation.
 
     Continuations already carry the delimiter (``" " + choice``). ``batch_size`` counts packed
-    rows (one per context) per forward pass; results do not depend on it beyond fp noise.
+    rows (one per context) per forward pass; neither it nor the order of ``requests`` changes the
+    results (rows of one padded width per batch: module docstring, "Batch invariance").
     """
     import torch
 
@@ -268,9 +302,9 @@ def loglikelihoods(
     values = [0.0] * first_slot[-1]
     advance = progress_advancer(progress, description, len(trees))
     with torch.inference_mode():
-        for start in range(0, len(trees), batch_size):
-            batch = trees[start: start + batch_size]
-            slots, sums = _forward_trees(model, batch, pad_id, stack.device, dtype)
+        for batch in same_width_batches(trees, [tree.length for tree in trees], batch_size):
+            width = padded_width(batch[0].length)
+            slots, sums = _forward_trees(model, batch, pad_id, stack.device, dtype, width=width)
             for slot, value in zip(slots, sums.tolist()):
                 values[slot] = value
             advance(len(batch))
@@ -314,7 +348,9 @@ def generate(
 
     Prompts are encoded like lm-eval's ``generate_until`` (same special-token rule as
     log-likelihoods, left-truncated to leave room for ``max_new_tokens``), sorted by length and
-    left-padded per batch. A sequence stops at EOS or once it contains a stop string.
+    left-padded to :func:`padded_width` of their own length, a batch holding prompts of one width
+    only, so batch size and prompt order do not change the text. A sequence stops at EOS or once it
+    contains a stop string.
     """
     import torch
 
@@ -333,9 +369,8 @@ def generate(
     texts: list[str] = [""] * len(prompts)
     advance = progress_advancer(progress, description, len(prompts))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
+        for chunk in same_width_batches(order, [len(encoded[i]) for i in order], batch_size):
+            width = padded_width(len(encoded[chunk[0]]))
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for r, i in enumerate(chunk):

@@ -8,8 +8,9 @@ so a parallel run renders exactly what a serial run renders. A record holds
 - ``entry``: the task object of ``report.json`` (docs/report-schema.md, all instances);
 - ``details``: per instance (aligned with ``entry["instances"]``) the texts a human needs to judge
   a flip — input prompt, gold, old and new answers — which the schema does not carry;
-- ``old`` / ``new``: adapter, base and fingerprint of each stack; ``nodeid`` of the test that
-  evaluated it; ``muscle_command``: the command that trains a compatibility adapter for the task.
+- ``old`` / ``new``: adapter, base and fingerprint of each stack (and the device and dtype it
+  scored on, when known); ``nodeid`` of the test that evaluated it; ``muscle_command``: the
+  command that trains a compatibility adapter for the task.
 
 Heavy or optional imports (rich, jinja2) stay inside functions: the plugin imports this module.
 """
@@ -47,8 +48,35 @@ EXCERPT_CHARS = 120
 
 
 def stack_meta(stack: Any) -> dict[str, str]:
-    """The ``old`` / ``new`` object of report.json for a loaded ``Stack``."""
-    return {"adapter": str(stack.adapter), "base": str(stack.base), "fingerprint": str(stack.fingerprint)}
+    """The ``old`` / ``new`` object of report.json for a loaded ``Stack``: adapter, base,
+    fingerprint, and the device and dtype it scores on (when it has a model and a device)."""
+    meta = {"adapter": str(stack.adapter), "base": str(stack.base), "fingerprint": str(stack.fingerprint)}
+    model, device = getattr(stack, "model", None), getattr(stack, "device", None)
+    if model is not None and device is not None:
+        meta["device"] = str(device)
+        meta["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # what the engine computes in
+    return meta
+
+
+def batch_invariance(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[bool | None, str]:
+    """(batch_invariant, note) of report.json: whether the scores of this run are guaranteed not to
+    depend on batch size or instance order. Guaranteed for float32 on CPU only (docs/metrics.md,
+    "Batch-invariant scoring"); ``None`` when a stack's device or dtype is not recorded (a
+    baseline snapshot's old stack)."""
+    loose, unknown = [], []
+    for side, meta in (("old", old), ("new", new)):
+        if "device" not in meta or "dtype" not in meta:
+            unknown.append(side)
+        elif meta["dtype"] != "float32" or not str(meta["device"]).startswith("cpu"):
+            loose.append(f"{side} stack {meta['dtype']} on {meta['device']}")
+    if loose:
+        return False, (f"{' and '.join(loose)}: batch invariance is guaranteed for float32 on CPU only; "
+                       "here scores may move by floating-point rounding with batch size or instance order, "
+                       "so a flip with a tiny margin may be arithmetic (see unstable flips)")
+    if unknown:
+        return None, (f"device/dtype of the {' and '.join(unknown)} stack not recorded (a baseline snapshot): "
+                      "batch invariance is guaranteed for float32 on CPU only")
+    return True, "both stacks float32 on CPU: scores do not depend on batch size or instance order"
 
 
 def _json_number(value: Any) -> float | None:
@@ -153,12 +181,24 @@ def build_report(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     records = sorted_records(records)
     if not records:
         raise ValueError("build_report needs at least one evaluated task")
+    old, new = dict(records[0]["old"]), dict(records[0]["new"])
+    invariant, note = batch_invariance(old, new)
     return {
         "schema_version": SCHEMA_VERSION,
-        "old": dict(records[0]["old"]),
-        "new": dict(records[0]["new"]),
+        "old": old,
+        "new": new,
+        "batch_invariant": invariant,
+        "batch_invariance_note": note,
         "tasks": [record["entry"] for record in records],
     }
+
+
+def batch_invariance_text(report: Mapping[str, Any]) -> str:
+    """The report.md / report.html line about batch invariance ("" for reports without it)."""
+    if "batch_invariance_note" not in report:
+        return ""
+    answer = {True: "yes", False: "NOT guaranteed", None: "unknown"}[report.get("batch_invariant")]
+    return f"batch-invariant scores: {answer} — {report['batch_invariance_note']}"
 
 
 def schema_path() -> Path:
@@ -386,6 +426,7 @@ def render_markdown(report: Mapping[str, Any], records: Sequence[Mapping[str, An
         f"old: `{md_cell(report['old']['adapter'])}` on `{md_cell(report['old']['base'])}` · "
         f"new: `{md_cell(report['new']['adapter'])}` on `{md_cell(report['new']['base'])}`",
         "",
+        *([md_cell(text), ""] if (text := batch_invariance_text(report)) else []),
         *_md_table(list(rows[0]), ([md_cell(cell) for cell in row.values()] for row in rows)),
     ]
     for record in records:
@@ -435,7 +476,7 @@ def render_html(report: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
     ]
     return environment.get_template("report.html").render(
         report=report, rows=[summary_row(record["entry"]) for record in records],
-        records=records, tasks=tasks,
+        records=records, tasks=tasks, batch_invariance=batch_invariance_text(report),
     )
 
 

@@ -130,3 +130,42 @@ def test_write_reports_writes_three_files(tmp_path, records):
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["report.html", "report.json",
                                                                           "report.md"]
     validate(json.loads(paths["json"].read_text()))
+
+
+def test_report_says_whether_scores_are_batch_invariant(records):
+    # Sample stacks record no device/dtype (like a baseline snapshot's old stack): unknown.
+    report = build_report(records)
+    assert report["batch_invariant"] is None and "not recorded" in report["batch_invariance_note"]
+
+    def with_stacks(old, new):
+        return [{**record, "old": {**record["old"], **old}, "new": {**record["new"], **new}} for record in records]
+
+    cpu32 = {"device": "cpu", "dtype": "float32"}
+    fp32 = with_stacks(cpu32, cpu32)
+    report = build_report(fp32)
+    validate(report)
+    assert report["batch_invariant"] is True and report["new"]["dtype"] == "float32"
+    assert "batch-invariant scores: yes" in render_markdown(report, fp32)
+
+    loose = with_stacks(cpu32, {"device": "cuda:0", "dtype": "bfloat16"})
+    report = build_report(loose)
+    validate(report)
+    assert report["batch_invariant"] is False
+    note = report["batch_invariance_note"]
+    assert note.startswith("new stack bfloat16 on cuda:0:") and "float32 on CPU only" in note
+    assert "batch-invariant scores: NOT guaranteed — new stack bfloat16 on cuda:0" in render_markdown(report, loose)
+    assert "batch-invariant scores: NOT guaranteed" in render_html(report, loose)
+
+
+def test_stack_meta_records_device_and_dtype():
+    from types import SimpleNamespace
+
+    import torch
+
+    from pytest_modelcompat.report import stack_meta
+
+    names = {"adapter": "a", "base": "b", "fingerprint": "f"}
+    model = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert stack_meta(SimpleNamespace(**names, model=model, device=torch.device("cpu"))) == {
+        **names, "device": "cpu", "dtype": "bfloat16"}
+    assert stack_meta(SimpleNamespace(**names)) == names
