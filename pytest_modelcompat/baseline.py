@@ -11,7 +11,8 @@ bytes, whatever the file's name — readers detect gzip by its magic bytes)::
     {"format": "pytest-modelcompat-baseline",
      "schema_version": 1,
      "generator": "pytest-modelcompat 0.1.0",
-     "stack": {"adapter": str, "base": str, "fingerprint": str},     # the old stack scored
+     "stack": {"adapter": str, "base": str, "fingerprint": str,      # the old stack scored
+               "device": str, "dtype": str},                        # (optional) what it scored on
      "tasks": [                                                      # sorted by name
       {"name": str, "kind": "multiple_choice"|"exact_match"|"generative",
        "fingerprint": str,                                           # suite.TaskSpec.fingerprint()
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 
 FORMAT = "pytest-modelcompat-baseline"
 SCHEMA_VERSION = 1
+# The old stack as report.json's "old" object has it: adapter, base, fingerprint (required), and
+# device, dtype (optional: a report gated on the snapshot can then say whether scores are batch invariant).
+STACK_KEYS = ("adapter", "base", "fingerprint", "device", "dtype")
 GZIP_THRESHOLD = 4 << 20            # bytes of JSON; above it the snapshot is written gzip-compressed
 _GZIP_MAGIC = b"\x1f\x8b"
 _KINDS = ("multiple_choice", "exact_match", "generative")
@@ -126,7 +130,7 @@ def render(stack: Mapping[str, str], entries: Iterable[Mapping[str, Any]]) -> st
         return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
     header = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "generator": f"pytest-modelcompat {__version__}",
-              "stack": {key: str(stack[key]) for key in ("adapter", "base", "fingerprint")}}
+              "stack": {key: str(stack[key]) for key in STACK_KEYS if key in stack}}
     lines = ["{"] + [f" {dump(key)}: {dump(value)}," for key, value in header.items()] + [' "tasks": [']
     entries = merge_entries(entries)
     for index, entry in enumerate(entries):
@@ -276,7 +280,7 @@ def load_snapshot(path: str | Path, *, entry_point: str = "pytest") -> Snapshot:
         if task["name"] in loaded:
             raise _corrupt(path, f"task {task['name']!r} appears twice")
         loaded[task["name"]] = BaselineTask(task["name"], task["kind"], task["fingerprint"], rows)
-    return Snapshot(path=path, stack={k: stack[k] for k in ("adapter", "base", "fingerprint")}, tasks=loaded,
+    return Snapshot(path=path, stack={k: stack[k] for k in STACK_KEYS if isinstance(stack.get(k), str)}, tasks=loaded,
                     entry_point=entry_point)
 
 
