@@ -24,6 +24,7 @@ with another config or other data (``run.json`` there records both).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import json
@@ -167,6 +168,7 @@ class Recipe:
         from pytest_modelcompat.progress import make_progress
 
         self.config, self.task = preflight(self.config)       # every cheap check, before any model loads
+        _return_freed_memory_to_the_os()
         config = self.config
         self.output, self.work = Path(config.output), work_dir(config.output)
         self.accelerator = Accelerator(cpu=config.device == "cpu",
@@ -489,6 +491,23 @@ def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
 
 
 # ------------------------------------------------------------------------------------ components
+
+
+# glibc mallopt parameter: allocations at least this big are mmapped (and unmapped when freed)
+_M_MMAP_THRESHOLD = -3
+
+
+def _return_freed_memory_to_the_os() -> None:
+    """Keep RSS near the real peak. Every training step allocates tensors of new shapes (packed
+    batches of varying length); glibc then raises its mmap threshold (up to 32 MiB) and serves
+    them from heaps that fragment, so freed memory is never returned: a PIQA choice run climbed to
+    17.5 GB RSS. A fixed 1 MiB threshold (which also stops the adjustment) gives big blocks back
+    when freed; measured on 7 real steps, RSS after a step 1.2 GB instead of 7.6 GB, same peak
+    within a step. A no-op where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _train_instances(task, config: TrainConfig):
