@@ -126,14 +126,14 @@ class Evaluator:
     """The old stack loaded once; every new stack scored through the shared result cache."""
 
     def __init__(self, update: dict, bases: tuple[Path, Path], limit: int | None):
-        from pytest_modelcompat.cache import ResultCache, cache_home
+        from pytest_modelcompat.cache import ResultCache, results_dir
         from pytest_modelcompat.stack import load_stack
         from pytest_modelcompat.suite import load_suite
 
         (self.task,) = [t for t in load_suite(update["suite"]) if t.name == update["task"]]
         self.old = load_stack(update["a1"], bases[0], device="cpu")
         self.v2, self.limit = bases[1], limit
-        self.cache = ResultCache(cache_home() / "results")
+        self.cache = ResultCache(results_dir())
 
     def metrics(self, new_adapter: Path) -> dict:
         from pytest_modelcompat.evaluate import evaluate_task

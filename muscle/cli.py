@@ -48,6 +48,7 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the train split")
     from muscle.trainer import DEFAULT_LR
+    from pytest_modelcompat import session
 
     p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
     p.add_argument("--batch-size", type=int, default=8, help="training examples per optimizer step")
@@ -57,9 +58,9 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in .OUT.work/")
     p.add_argument("--select", choices=("nfr", "loss"),
                    help="epoch selection on the 20%% validation split (train: nfr vs M1, finetune: loss)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="weights and compute dtype")
+    p.add_argument("--device", choices=session.DEVICES, default=session.DEFAULT_DEVICE,
+                   help="auto: CUDA when available")
+    p.add_argument("--dtype", choices=session.DTYPES, default=session.DEFAULT_DTYPE, help="weights and compute dtype")
     _trust_options(p)
 
 

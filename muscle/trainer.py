@@ -234,11 +234,11 @@ class Recipe:
 
     def _teacher_predictions(self, which: str, instances):
         from muscle.objectives import teacher_predictions
-        from pytest_modelcompat.cache import ResultCache, cache_home
+        from pytest_modelcompat.cache import ResultCache, results_dir
 
         config = self.config
         ref = (config.old_adapter, config.old_base) if which == "old" else (config.new_adapter, config.base)
-        cache = None if config.no_cache else ResultCache(Path(config.cache) if config.cache else cache_home() / "results")
+        cache = None if config.no_cache else ResultCache(Path(config.cache) if config.cache else results_dir())
         options = {"device": self.device_name, "dtype": config.dtype, **config.trust()}
         preds = teacher_predictions(ref, self.task, instances, options=options, cache=cache,
                                     batch_size=max(config.batch_size, 16), progress=self.progress,
