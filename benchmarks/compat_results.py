@@ -52,6 +52,9 @@ VARIANTS = {
     "default": [],
     "choice-none": ["--objective", "choice", "--mask", "none"],
     "choice-old-correct": ["--objective", "choice", "--mask", "old-correct"],
+    # the student also adapts every other linear layer of the decoder (the base update touched them all)
+    "choice-wide": ["--objective", "choice", "--mask", "old-correct",
+                    "--add-modules", "k_proj,o_proj,gate_proj,up_proj,down_proj"],
     "choice-paper": ["--objective", "choice", "--mask", "paper"],
     "choice-paper-ensemble": ["--objective", "choice", "--mask", "paper", "--new-target", "ensemble"],
     "choice-old-correct-focal": ["--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
