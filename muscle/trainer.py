@@ -321,7 +321,11 @@ class Recipe:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         preds = None
-        if self.config.mode == "train" or self.task.kind == "multiple_choice":
+        if epoch == 0 and self.teachers is not None:
+            # Epoch 0 is A2 on the same base, dtype and device: the gate's cached A2 predictions are
+            # what scoring it would give (scores do not depend on batch or order), one pass saved.
+            preds = [self.teachers["new"][inst.id] for inst in self.val_inst]
+        elif self.config.mode == "train" or self.task.kind == "multiple_choice":
             preds = _predictions(model, self.tokenizer, self.task, self.val_inst, base=self.base,
                                  label=f"epoch-{epoch}", device=self.device,
                                  batch_size=max(self.config.batch_size, 16), progress=self.progress)

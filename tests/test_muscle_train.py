@@ -370,3 +370,11 @@ def test_add_modules_widens_the_student_which_starts_as_a2(task_dir, adapters, t
     tensors = _adapter_tensors(out)
     added_b = [t for name, t in tensors.items() if "k_proj.lora_B" in name or "o_proj.lora_B" in name]
     assert added_b and all(t.abs().sum() > 0 for t in added_b)     # trained away from their zero start
+
+
+def test_epoch_0_validation_from_cached_a2_predictions_equals_scoring_a2(task_dir, adapters, tmp_path):
+    # choice reuses the teachers' A2 predictions for epoch 0; token scores the student (= A2) itself
+    reused = _train(task_dir, adapters, tmp_path / "choice", "train", "pick", "--objective", "choice", epochs="1")
+    scored = _train(task_dir, adapters, tmp_path / "token", "train", "pick", "--objective", "token", epochs="1")
+    keys = ("acc", "acc_old", "nfr", "pfr", "nfr_mc")
+    assert {k: reused["epochs"][0]["val"][k] for k in keys} == {k: scored["epochs"][0]["val"][k] for k in keys}
