@@ -130,8 +130,8 @@ class Evaluator:
 
     def __init__(self, update: dict, bases: tuple[Path, Path], limit: int | None):
         from pytest_modelcompat.cache import ResultCache, results_dir
-        from pytest_modelcompat.stack import load_stack
-        from pytest_modelcompat.suite import load_suite
+        from pytest_modelcompat.models.stack import load_stack
+        from pytest_modelcompat.tasks.suite import load_suite
 
         (self.task,) = [t for t in load_suite(update["suite"]) if t.name == update["task"]]
         self.old = load_stack(update["a1"], bases[0], device="cpu")
@@ -139,8 +139,8 @@ class Evaluator:
         self.cache = ResultCache(results_dir())
 
     def metrics(self, new_adapter: Path) -> dict:
-        from pytest_modelcompat.evaluate import evaluate_task
-        from pytest_modelcompat.stack import load_stack
+        from pytest_modelcompat.models.stack import load_stack
+        from pytest_modelcompat.scoring.evaluate import evaluate_task
 
         new = load_stack(new_adapter, self.v2, device="cpu")
         result = evaluate_task(self.old, new, self.task, limit=self.limit, cache=self.cache)

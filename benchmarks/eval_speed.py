@@ -35,10 +35,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pytest_modelcompat import engine, evaluate  # noqa: E402
 from pytest_modelcompat.atomic import atomic_write  # noqa: E402
 from pytest_modelcompat.cache import ResultCache, cache_home  # noqa: E402
-from pytest_modelcompat.suite import load_instances, load_suite  # noqa: E402
+from pytest_modelcompat.scoring import engine, evaluate  # noqa: E402
+from pytest_modelcompat.tasks.suite import load_instances, load_suite  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pytest_modelcompat.stack import convert_gguf, load_stack, smollm2_gguf_path
+    from pytest_modelcompat.models.stack import convert_gguf, load_stack, smollm2_gguf_path
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -179,7 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
     """`muscle eval`: the gate's session (pytest_modelcompat.session) driven from the command line."""
     from rich.console import Console
 
-    from pytest_modelcompat.report import terminal_table
+    from pytest_modelcompat.report.records import terminal_table
     from pytest_modelcompat.session import Session, SessionOptions
 
     session = Session(SessionOptions.create(
@@ -206,7 +206,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_tasks(args: argparse.Namespace) -> list:
     """The suite's tasks `muscle eval --task` selects (all without --task)."""
-    from pytest_modelcompat.suite import load_suite
+    from pytest_modelcompat.tasks.suite import load_suite
 
     tasks = load_suite(args.suite)
     if args.task:

@@ -13,13 +13,13 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_modelcompat.engine import encode_request
 from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat.scoring.engine import encode_request
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_modelcompat.suite import Instance, TaskSpec
+    from pytest_modelcompat.tasks.suite import Instance, TaskSpec
 
 IGNORE = -100
 VAL_FRACTION = 0.2

@@ -30,8 +30,8 @@ from pytest_modelcompat.errors import CompatInputError
 if TYPE_CHECKING:
     import torch
 
-    from pytest_modelcompat.evaluate import Prediction
-    from pytest_modelcompat.suite import Instance, TaskSpec
+    from pytest_modelcompat.scoring.evaluate import Prediction
+    from pytest_modelcompat.tasks.suite import Instance, TaskSpec
 
 # The objective `muscle train` uses when --objective is not given, per task kind (measured:
 # benchmarks/results/compat.md). Both work across tokenizers.
@@ -72,8 +72,8 @@ def teacher_predictions(stack_ref: tuple[str, str | None], task: TaskSpec, insta
     stack is loaded only when something is missing, and freed before training starts."""
     import gc
 
-    from pytest_modelcompat import evaluate
-    from pytest_modelcompat.stack import load_stack, stack_fingerprint
+    from pytest_modelcompat.models.stack import load_stack, stack_fingerprint
+    from pytest_modelcompat.scoring import evaluate
 
     train_task = task.train_split()
     fingerprint = stack_fingerprint(*stack_ref, dtype=options["dtype"], allow_pickle=options["allow_pickle"])
@@ -210,7 +210,7 @@ class ChoiceObjective:
                 gold, lengths)
 
     def loss(self, model, items: list[ChoiceItem]) -> tuple[torch.Tensor, dict[str, float]]:
-        from pytest_modelcompat.engine import packed_choice_loglikelihoods
+        from pytest_modelcompat.scoring.engine import packed_choice_loglikelihoods
 
         delimiter = self.task.delimiter
         requests = [(it.instance.context, [delimiter + c for c in it.instance.choices]) for it in items]

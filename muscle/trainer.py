@@ -164,8 +164,8 @@ class Recipe:
         from torch.utils.data import DataLoader
         from transformers import get_linear_schedule_with_warmup
 
-        from pytest_modelcompat.engine import pad_token_id
         from pytest_modelcompat.progress import make_progress
+        from pytest_modelcompat.scoring.engine import pad_token_id
 
         self.config, self.task = preflight(self.config)       # every cheap check, before any model loads
         _return_freed_memory_to_the_os()
@@ -260,7 +260,7 @@ class Recipe:
         # token: M1 resident on its own base (or precomputed below), M2 as a frozen adapter on ours
         from muscle.losses.token import select_targets
         from muscle.teachers import teacher_logits
-        from pytest_modelcompat.stack import load_stack
+        from pytest_modelcompat.models.stack import load_stack
 
         self.old_model = load_stack(config.old_adapter, config.old_base, device=self.device_name,
                                     dtype=config.dtype, **config.trust()).model
@@ -402,7 +402,7 @@ def preflight(config: TrainConfig):
     from muscle.losses import MASKS, OBJECTIVES
     from muscle.losses.choice import NEW_TARGETS, OLD_TARGETS
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET, check_objective
-    from pytest_modelcompat.suite import load_suite, resolve_task
+    from pytest_modelcompat.tasks.suite import load_suite, resolve_task
 
     if config.mode == "train" and not (config.old_adapter and config.new_adapter):
         raise CompatInputError("muscle train needs --old-adapter A1 and --new-adapter A2")
@@ -449,7 +449,7 @@ def preflight(config: TrainConfig):
 
 
 def _check_stacks(config: TrainConfig) -> None:
-    from pytest_modelcompat.stack import check_stack_files, load_tokenizer
+    from pytest_modelcompat.models.stack import check_stack_files, load_tokenizer
 
     old_base, new_base = (
         check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
@@ -515,7 +515,7 @@ def _return_freed_memory_to_the_os() -> None:
 
 
 def _train_instances(task, config: TrainConfig):
-    from pytest_modelcompat.suite import load_instances
+    from pytest_modelcompat.tasks.suite import load_instances
 
     return load_instances(task, split="train", limit=config.limit)
 
@@ -524,7 +524,7 @@ def _student(config: TrainConfig, device: str):
     """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
     from peft import LoraConfig, get_peft_model
 
-    from pytest_modelcompat.stack import (
+    from pytest_modelcompat.models.stack import (
         attach_adapter,
         load_base,
         quiet_third_party_output,
@@ -562,7 +562,7 @@ def _widened_student(model, config: TrainConfig):
     modules give it room to follow an update that touched more than A2's modules."""
     from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
 
-    from pytest_modelcompat.stack import check_adapter_files
+    from pytest_modelcompat.models.stack import check_adapter_files
 
     check_adapter_files(config.new_adapter, allow_pickle=config.allow_pickle)
     lora = LoraConfig.from_pretrained(config.new_adapter)
@@ -583,8 +583,8 @@ def _widened_student(model, config: TrainConfig):
 
 def _predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int, progress):
     """The gate's predictions of the model being trained (not cached: it changes every epoch)."""
-    from pytest_modelcompat import evaluate
-    from pytest_modelcompat.stack import Stack
+    from pytest_modelcompat.models.stack import Stack
+    from pytest_modelcompat.scoring import evaluate
 
     stack = Stack(model=model, tokenizer=tokenizer, adapter=label, base=base, fingerprint=label, device=device)
     return evaluate.predict(stack, task, instances, batch_size=batch_size, progress=progress,
@@ -592,7 +592,7 @@ def _predictions(model, tokenizer, task, instances, *, base: str, label: str, de
 
 
 def _prediction_metrics(task, old_preds, new_preds) -> dict[str, float | None]:
-    from pytest_modelcompat.metrics import discriminative_metrics, generative_metrics
+    from pytest_modelcompat.metrics.flips import discriminative_metrics, generative_metrics
 
     if task.kind == "generative":
         new_scores = [p.score for p in new_preds]

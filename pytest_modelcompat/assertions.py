@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_modelcompat.report import verdict_message
+from pytest_modelcompat.report.records import verdict_message
 
 
 class TaskReport:
@@ -47,8 +47,8 @@ class TaskReport:
             pytest.fail(self.verdict(), pytrace=False)
 
     def _assert(self, key: str, threshold: float) -> None:
-        from pytest_modelcompat.evaluate import NONFINITE_CHECK
-        from pytest_modelcompat.gate import evaluate_gate
+        from pytest_modelcompat.metrics.gate import evaluate_gate
+        from pytest_modelcompat.scoring.evaluate import NONFINITE_CHECK
 
         # with the task's gate saying exclude_unstable: true, helpers see what the gate saw
         metrics = getattr(self.result, "gate_metrics", None) or self.result.metrics

@@ -48,8 +48,8 @@ from pytest_modelcompat.atomic import atomic_write
 from pytest_modelcompat.errors import CompatInputError
 
 if TYPE_CHECKING:
-    from pytest_modelcompat.evaluate import Prediction
-    from pytest_modelcompat.suite import Instance, TaskSpec
+    from pytest_modelcompat.scoring.evaluate import Prediction
+    from pytest_modelcompat.tasks.suite import Instance, TaskSpec
 
 FORMAT = "pytest-modelcompat-baseline"
 SCHEMA_VERSION = 1
@@ -211,7 +211,7 @@ class Snapshot:
 
     def predictions(self, task: TaskSpec, instances: Sequence[Instance]) -> list[Prediction]:
         """The old stack's predictions for ``instances``, in their order."""
-        from pytest_modelcompat.evaluate import Prediction
+        from pytest_modelcompat.scoring.evaluate import Prediction
 
         entry = self.check_instances(task, instances)
         out = []

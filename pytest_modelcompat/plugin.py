@@ -247,7 +247,7 @@ class CompatPlugin:
             terminalreporter.write_line(self.baseline_message)
         if not self.records:
             return
-        from pytest_modelcompat.report import terminal_table
+        from pytest_modelcompat.report.records import terminal_table
 
         terminalreporter.section("modelcompat")
         terminalreporter.write(terminal_table(self.records, width=config.get_terminal_writer().fullwidth,
@@ -361,7 +361,7 @@ def _find_suite(start: Path, stop: Path) -> Path:
 def task_spec(task: Any, suite: str | Path | None, test_path: Path, rootpath: Path) -> Any:
     """A TaskSpec from a TaskSpec, or a task name looked up in ``suite`` (relative to the test
     file; default: the nearest modelcompat.yaml)."""
-    from pytest_modelcompat.suite import TaskSpec, load_suite
+    from pytest_modelcompat.tasks.suite import TaskSpec, load_suite
 
     if isinstance(task, TaskSpec):
         return task
@@ -456,7 +456,7 @@ class SuiteFile(pytest.File):
     """A suite YAML: one ``TaskItem`` per entry of ``tasks:``."""
 
     def collect(self):
-        from pytest_modelcompat.suite import load_instances, load_suite
+        from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
         for task in load_suite(self.path):
             if task.lm_eval is None:

@@ -39,16 +39,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.evaluate import DEFAULT_BATCH_SIZE
-from pytest_modelcompat.metrics import DEFAULT_NOISE_MARGIN
-from pytest_modelcompat.stack import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+from pytest_modelcompat.metrics.flips import DEFAULT_NOISE_MARGIN
+from pytest_modelcompat.models.stack import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+from pytest_modelcompat.scoring.evaluate import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.cache import ResultCache
-    from pytest_modelcompat.evaluate import TaskResult
-    from pytest_modelcompat.stack import Stack
-    from pytest_modelcompat.taskspec import TaskSpec
+    from pytest_modelcompat.models.stack import Stack
+    from pytest_modelcompat.scoring.evaluate import TaskResult
+    from pytest_modelcompat.tasks.spec import TaskSpec
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEFAULT_NOISE_MARGIN", "DEVICES", "DTYPES",
            "FLAGS", "Evaluation", "Session", "SessionOptions", "StackLoadError", "non_negative_float",
@@ -290,7 +290,7 @@ class Session:
     def check_stacks(self) -> None:
         """The adapter and base files of each stack given (no torch, no model): what loading would
         refuse, with the option to fix in front (``--old-adapter: ...``)."""
-        from pytest_modelcompat.stack import check_stack_files
+        from pytest_modelcompat.models.stack import check_stack_files
 
         for which in ("old", "new"):
             adapter = getattr(self.options, f"{which}_adapter")
@@ -302,8 +302,8 @@ class Session:
         """A template task's data and templates over the instances this run evaluates and, with a
         snapshot, that the snapshot covers them (BaselineError otherwise). ``lm_eval:`` tasks are
         checked when evaluated: resolving them is slow."""
-        from pytest_modelcompat.evaluate import effective_limit
-        from pytest_modelcompat.suite import load_instances
+        from pytest_modelcompat.scoring.evaluate import effective_limit
+        from pytest_modelcompat.tasks.suite import load_instances
 
         if task.lm_eval is not None:
             return
@@ -316,7 +316,7 @@ class Session:
     def resolve(self, task: TaskSpec) -> TaskSpec:
         """The resolved spec of a suite entry, asked of its task source once per run."""
         if task not in self._resolved:
-            from pytest_modelcompat.suite import resolve_task
+            from pytest_modelcompat.tasks.suite import resolve_task
 
             self._resolved[task] = resolve_task(task)
         return self._resolved[task]
@@ -330,7 +330,7 @@ class Session:
         if which in self._load_errors:
             raise self._load_errors[which]
         if which not in self._stacks:
-            from pytest_modelcompat.stack import load_stack
+            from pytest_modelcompat.models.stack import load_stack
 
             try:
                 self._stacks[which] = load_stack(
@@ -349,7 +349,7 @@ class Session:
 
     def old_meta(self) -> dict[str, str]:
         """The old stack's {"adapter", "base", "fingerprint"} (the snapshot's, with a snapshot)."""
-        from pytest_modelcompat.report import stack_meta
+        from pytest_modelcompat.report.records import stack_meta
 
         return dict(self.snapshot.stack) if self.snapshot is not None else stack_meta(self.stack("old"))
 
@@ -369,9 +369,9 @@ class Session:
         the task's own. ``nodeid`` names the task in reports; ``suite`` is how the printed
         ``muscle train`` command names the suite (default: the task's file); ``quiet``: no
         progress bar."""
-        from pytest_modelcompat.evaluate import evaluate_task
         from pytest_modelcompat.progress import make_progress
-        from pytest_modelcompat.report import stack_meta, task_record
+        from pytest_modelcompat.report.records import stack_meta, task_record
+        from pytest_modelcompat.scoring.evaluate import evaluate_task
 
         task = self.resolve(task)
         old, new = self.old_side(), self.stack("new")
@@ -385,7 +385,7 @@ class Session:
 
     def muscle_command(self, task: TaskSpec, suite: str | Path | None = None) -> str:
         """The ``muscle train`` command that would train a compatibility adapter for ``task``."""
-        from pytest_modelcompat.report import muscle_train_command
+        from pytest_modelcompat.report.records import muscle_train_command
 
         options = self.options
         if self.snapshot is not None:
@@ -399,9 +399,9 @@ class Session:
     def score_baseline(self, task: TaskSpec, *, quiet: bool = False) -> dict[str, Any]:
         """Score ``task`` with the old stack only → ``{"stack": ..., "entry": ...}``, one task of the
         snapshot :meth:`write_baseline` writes (JSON-able: xdist workers ship it as is)."""
-        from pytest_modelcompat.evaluate import baseline_entry
         from pytest_modelcompat.progress import make_progress
-        from pytest_modelcompat.report import stack_meta
+        from pytest_modelcompat.report.records import stack_meta
+        from pytest_modelcompat.scoring.evaluate import baseline_entry
 
         task = self.resolve(task)
         old = self.stack("old")
@@ -422,7 +422,7 @@ class Session:
 
     def write_reports(self, records: Iterable[Mapping[str, Any]]) -> dict[str, Path]:
         """report.json / report.md / report.html into the report dir, if the run has one."""
-        from pytest_modelcompat.report import write_reports
+        from pytest_modelcompat.report.records import write_reports
 
         if self.options.report_dir is None:
             return {}

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from pytest_modelcompat.gate import evaluate_gate
-from pytest_modelcompat.metrics import (
+from pytest_modelcompat.metrics.flips import (
     discriminative_metrics,
     discriminative_quadrants,
     generative_metrics,
     generative_quadrants,
 )
-from pytest_modelcompat.report import stack_meta
+from pytest_modelcompat.metrics.gate import evaluate_gate
+from pytest_modelcompat.report.records import stack_meta
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = '"><img src=x onerror=alert(1)>'
@@ -60,7 +60,7 @@ def generative_result(name: str, rows: list[tuple[str, str, str, float, float]],
 
 def sample_records() -> list[dict]:
     """A failing multiple-choice task (with hostile model text) and a passing generative task."""
-    from pytest_modelcompat.report import muscle_train_command, task_record
+    from pytest_modelcompat.report.records import muscle_train_command, task_record
 
     # 10 instances: 6 both correct, 2 negative flips, 1 positive flip, 1 both wrong the same way.
     rows = [(0, 0, 0)] * 6 + [(0, 1, 0), (1, 0, 1), (1, 0, 0), (1, 1, 0)]

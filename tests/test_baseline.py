@@ -16,8 +16,8 @@ import pytest
 from muscle import cli
 from pytest_modelcompat import baseline
 from pytest_modelcompat.baseline import BaselineError, instance_sort_key, load_snapshot, write_snapshot
-from pytest_modelcompat.evaluate import Prediction
-from pytest_modelcompat.suite import load_instances, load_suite
+from pytest_modelcompat.scoring.evaluate import Prediction
+from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 pytest_plugins = ["pytester"]
 
@@ -330,7 +330,7 @@ def test_muscle_eval_save_then_gate(tmp_path, capsys, tiny_adapter, tiny_adapter
 def test_evaluate_task_accepts_a_snapshot_for_the_old_side(tmp_path):
     """No model at all on the old side: a stack-less snapshot plus a fake new 'stack' via the cache."""
     from pytest_modelcompat.cache import ResultCache
-    from pytest_modelcompat.evaluate import evaluate_task
+    from pytest_modelcompat.scoring.evaluate import evaluate_task
 
     suite = write_project(tmp_path)
     entries = hand_entries(suite)

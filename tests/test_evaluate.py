@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from pytest_modelcompat import engine, evaluate
 from pytest_modelcompat.cache import ResultCache
-from pytest_modelcompat.suite import load_instances, load_suite
+from pytest_modelcompat.scoring import engine, evaluate
+from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 MC_ROWS = [
     {"question": q, "choices": c, "label": label}
@@ -68,7 +68,7 @@ tasks:
 
 @pytest.fixture(scope="module")
 def stacks(tiny_adapter, tiny_adapter_v2):
-    from pytest_modelcompat.stack import load_stack
+    from pytest_modelcompat.models.stack import load_stack
 
     return load_stack(tiny_adapter, device="cpu"), load_stack(tiny_adapter_v2, device="cpu")
 
@@ -171,7 +171,7 @@ def test_normalize_answer():
 
 
 def test_generative_scores_with_rouge(tmp_path, stacks, monkeypatch):
-    from pytest_modelcompat.similarity import similarity
+    from pytest_modelcompat.metrics.similarity import similarity
 
     old, _ = stacks
     task = _suite(tmp_path)["summ"]
@@ -200,7 +200,7 @@ def test_generation_kinds_run_end_to_end_on_tiny_stacks(tmp_path, stacks):
 
 
 def test_evaluate_task_metrics_gate_and_quadrants(tmp_path, stacks):
-    from pytest_modelcompat import metrics
+    from pytest_modelcompat.metrics import flips as metrics
 
     old, new = stacks
     task = _suite(tmp_path, gate="{max_nfr: 1.0, min_btc: 0.0}")["mc"]
@@ -235,7 +235,7 @@ def test_lm_eval_generate_task_uses_lm_evals_filter_and_exact_match(tmp_path, st
                          "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
     }))
     (tmp_path / "suite.yaml").write_text("tasks:\n  - {name: gen, lm_eval: gen.yaml}\n")
-    from pytest_modelcompat.suite import resolve_task
+    from pytest_modelcompat.tasks.suite import resolve_task
 
     (task,) = load_suite(tmp_path / "suite.yaml")
     task = resolve_task(task)

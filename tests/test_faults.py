@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelcompat import engine, evaluate
 from pytest_modelcompat.cache import ResultCache
+from pytest_modelcompat.scoring import engine, evaluate
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = '"><img src=x onerror=alert(1)>'
@@ -159,8 +159,8 @@ def test_two_pytest_processes_sharing_one_cache_leave_valid_entries(project, tin
     assert not list(cache_dir.rglob("*.tmp"))
 
     # A third run is served from the cache alone: not one forward pass.
-    from pytest_modelcompat.stack import load_stack
-    from pytest_modelcompat.suite import load_suite
+    from pytest_modelcompat.models.stack import load_stack
+    from pytest_modelcompat.tasks.suite import load_suite
 
     monkeypatch.setattr(engine, "loglikelihoods", _forbidden)
     monkeypatch.setattr(engine, "generate", _forbidden)
@@ -174,8 +174,8 @@ def _forbidden(*args, **kwargs):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip-a-byte", "garbage"])
 def test_a_corrupt_cache_file_is_recomputed_and_rewritten(project, tiny_adapter, monkeypatch, tmp_path, damage):
-    from pytest_modelcompat.stack import load_stack
-    from pytest_modelcompat.suite import load_instances, load_suite
+    from pytest_modelcompat.models.stack import load_stack
+    from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
     stack = load_stack(tiny_adapter, device="cpu")
     task = load_suite(project / "modelcompat.yaml")[0]
@@ -221,9 +221,9 @@ class _Elements(HTMLParser):
 
 def test_html_and_js_in_model_output_are_shown_as_text(project, tiny_adapter, tiny_adapter_v2, monkeypatch,
                                                        tmp_path):
-    from pytest_modelcompat.report import stack_meta, task_record, write_reports
-    from pytest_modelcompat.stack import load_stack
-    from pytest_modelcompat.suite import load_suite
+    from pytest_modelcompat.models.stack import load_stack
+    from pytest_modelcompat.report.records import stack_meta, task_record, write_reports
+    from pytest_modelcompat.tasks.suite import load_suite
 
     payloads = [XSS_SCRIPT, XSS_IMG, "</script><script>alert(2)</script>", "<!--", "]]>&amp;"]
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.gate import validate_gate
-from pytest_modelcompat.suite import load_instances, load_suite, read_rows, row_ids
+from pytest_modelcompat.metrics.gate import validate_gate
+from pytest_modelcompat.tasks.suite import load_instances, load_suite, read_rows, row_ids
 
 VALID_SUITE = """\
 tasks:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.gate import GATE_KEYS, evaluate_gate, validate_gate
-from pytest_modelcompat.metrics import discriminative_metrics, generative_metrics
+from pytest_modelcompat.metrics.flips import discriminative_metrics, generative_metrics
+from pytest_modelcompat.metrics.gate import GATE_KEYS, evaluate_gate, validate_gate
 
 MC = discriminative_metrics(
     [True, True, True, True, True, True, False, False, False, False],

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from pytest_modelcompat import evaluate
-from pytest_modelcompat.suite import load_instances, load_suite
+from pytest_modelcompat.scoring import evaluate
+from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 WORDS = "cat dog mat bone lunch noon jar lid spoon four five two 42 100 positive negative".split()
 
@@ -73,7 +73,7 @@ def _lm_eval(task_dir, adapter):
 
 
 def test_predictions_and_logliks_match_lm_eval(task_dir, tiny_adapter):
-    from pytest_modelcompat.stack import load_stack
+    from pytest_modelcompat.models.stack import load_stack
 
     results, samples = _lm_eval(task_dir, tiny_adapter)
     stack = load_stack(tiny_adapter, device="cpu")

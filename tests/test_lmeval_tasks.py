@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.suite import load_instances, load_suite, resolve_task
+from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_task
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PIQA = REPO / "example_suite" / "data" / "piqa_valid.jsonl"
@@ -132,7 +132,7 @@ def test_multiple_choice_instances_equal_lm_eval_requests(lm_suite):
 
 
 def test_generation_instances_filter_and_match_equal_lm_eval(lm_suite):
-    from pytest_modelcompat.lmeval_tasks import response_correct, response_filter
+    from pytest_modelcompat.tasks.lmeval_source import response_correct, response_filter
 
     _, gen = load_suite(lm_suite)
     resolved = resolve_task(gen)
@@ -215,11 +215,11 @@ def test_unreadable_dataset_is_an_input_error(tmp_path):
 def test_unknown_task_name_is_an_input_error(tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager
 
-    from pytest_modelcompat import lmeval_tasks
+    from pytest_modelcompat.tasks import lmeval_source
 
     # lm-eval's index of its ~15k bundled tasks takes tens of seconds to build; an empty index
     # exercises the same failed lookup
-    monkeypatch.setattr(lmeval_tasks, "_task_manager", lambda include_defaults: TaskManager(include_defaults=False))
+    monkeypatch.setattr(lmeval_source, "_task_manager", lambda include_defaults: TaskManager(include_defaults=False))
     (tmp_path / "modelcompat.yaml").write_text(yaml.safe_dump({"tasks": [{"name": "h", "lm_eval": "no_such_task_xyz"}]}))
     [spec] = load_suite(tmp_path / "modelcompat.yaml")
     with pytest.raises(CompatInputError, match="unknown lm-eval task 'no_such_task_xyz'"):
@@ -227,7 +227,7 @@ def test_unknown_task_name_is_an_input_error(tmp_path, monkeypatch):
 
 
 def test_fingerprint_follows_the_lm_eval_dataset_content(tmp_path):
-    from pytest_modelcompat import lmeval_tasks
+    from pytest_modelcompat.tasks import lmeval_source
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS), encoding="utf-8")
@@ -240,6 +240,6 @@ def test_fingerprint_follows_the_lm_eval_dataset_content(tmp_path):
     with pytest.raises(ValueError, match="resolve_task"):
         spec.fingerprint()
     docs.write_text("".join(json.dumps({**doc, "question": doc["question"] + "!"}) + "\n" for doc in DOCS))
-    for cached in (lmeval_tasks.lmeval_task, lmeval_tasks.dataset_sha256, lmeval_tasks._eval_docs):
+    for cached in (lmeval_source.lmeval_task, lmeval_source.dataset_sha256, lmeval_source._eval_docs):
         cached.cache_clear()  # a new process in real use
     assert resolve_task(spec).fingerprint() != before

@@ -11,16 +11,15 @@ import pytest
 
 from pytest_modelcompat.assertions import TaskReport
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.evaluate import Prediction, compare, prediction_margin
-from pytest_modelcompat.gate import validate_gate
-from pytest_modelcompat.metrics import (
+from pytest_modelcompat.metrics.flips import (
     DEFAULT_NOISE_MARGIN,
     decision_margin,
     unstable_counts,
     unstable_flips,
     unstable_smooth_flips,
 )
-from pytest_modelcompat.report import (
+from pytest_modelcompat.metrics.gate import validate_gate
+from pytest_modelcompat.report.records import (
     build_report,
     render_html,
     render_markdown,
@@ -30,6 +29,7 @@ from pytest_modelcompat.report import (
     terminal_table,
     verdict_message,
 )
+from pytest_modelcompat.scoring.evaluate import Prediction, compare, prediction_margin
 
 pytest_plugins = ["pytester"]
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics import (
+from pytest_modelcompat.metrics.flips import (
     METRIC_KEYS,
     QUADRANTS,
     discriminative_metrics,

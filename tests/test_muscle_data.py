@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from muscle.data import IGNORE, build_examples, collate, split_train_val
-from pytest_modelcompat.engine import encode_request
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.suite import Instance, TaskSpec
+from pytest_modelcompat.scoring.engine import encode_request
+from pytest_modelcompat.tasks.suite import Instance, TaskSpec
 
 
 @pytest.fixture(scope="module")

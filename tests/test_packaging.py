@@ -61,8 +61,8 @@ def test_wheel_carries_package_data(built):
     wheel, _ = built
     names = zipfile.ZipFile(wheel).namelist()
     for required in (
-        "pytest_modelcompat/schema/report.schema.json",
-        "pytest_modelcompat/templates/report.html",
+        "pytest_modelcompat/report/schema/report.schema.json",
+        "pytest_modelcompat/report/templates/report.html",
         "pytest_modelcompat/py.typed",
         "pytest_modelcompat/plugin.py",
         "muscle/cli.py",
@@ -96,7 +96,7 @@ def test_plugin_and_cli_load_from_the_installed_wheel(built, tmp_path):
     env.pop("PYTEST_ADDOPTS", None)
     where = _run(
         [sys.executable, "-c",
-         "import pytest_modelcompat.plugin as p, muscle.cli as c, pytest_modelcompat.report as r;"
+         "import pytest_modelcompat.plugin as p, muscle.cli as c, pytest_modelcompat.report.records as r;"
          "print(p.__file__); print(c.__file__); print(r.schema_path().is_file())"],
         cwd=tmp_path, env=env,
     ).stdout.split()

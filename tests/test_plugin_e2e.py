@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import jsonschema
 import pytest
 
-from pytest_modelcompat.report import schema_path
+from pytest_modelcompat.report.records import schema_path
 
 pytest_plugins = ["pytester"]
 

@@ -8,7 +8,7 @@ import re
 import jsonschema
 import pytest
 
-from pytest_modelcompat.report import (
+from pytest_modelcompat.report.records import (
     build_report,
     md_cell,
     muscle_train_command,
@@ -162,7 +162,7 @@ def test_stack_meta_records_device_and_dtype():
 
     import torch
 
-    from pytest_modelcompat.report import stack_meta
+    from pytest_modelcompat.report.records import stack_meta
 
     names = {"adapter": "a", "base": "b", "fingerprint": "f"}
     model = torch.nn.Linear(2, 2).to(torch.bfloat16)

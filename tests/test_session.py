@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_modelcompat import evaluate, lmeval_tasks, metrics, stack
 from pytest_modelcompat.cache import results_dir
 from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat.metrics import flips as metrics
+from pytest_modelcompat.models import stack
+from pytest_modelcompat.scoring import evaluate
 from pytest_modelcompat.session import Session, SessionOptions
-from pytest_modelcompat.suite import load_instances, load_suite, resolve_task
+from pytest_modelcompat.tasks import lmeval_source
+from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_task
 
 pytest_plugins = ["pytester"]
 
@@ -41,13 +44,13 @@ def lm_suite(tmp_path: Path) -> Path:
 def count_resolutions(monkeypatch) -> list[str]:
     """Every lm-eval resolution of the run, by task name."""
     calls: list[str] = []
-    original = lmeval_tasks.resolve
+    original = lmeval_source.resolve
 
     def counting(task):
         calls.append(task.name)
         return original(task)
 
-    monkeypatch.setattr(lmeval_tasks, "resolve", counting)
+    monkeypatch.setattr(lmeval_source, "resolve", counting)
     return calls
 
 

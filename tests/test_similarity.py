@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.similarity import register_similarity, similarity
+from pytest_modelcompat.metrics.similarity import register_similarity, similarity
 
 
 def test_rouge1_hand_computed():

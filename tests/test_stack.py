@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.stack import (
+from pytest_modelcompat.models.stack import (
     adapter_fingerprint,
     attach_adapter,
     file_sha256,
@@ -355,7 +355,7 @@ def test_cuda_requested_without_gpu():
 
 
 def test_stack_fingerprint_without_loading_equals_the_loaded_stacks(tiny_adapter, tiny_base):
-    from pytest_modelcompat.stack import load_stack, stack_fingerprint
+    from pytest_modelcompat.models.stack import load_stack, stack_fingerprint
 
     assert stack_fingerprint(tiny_adapter, tiny_base) == load_stack(tiny_adapter, tiny_base, device="cpu").fingerprint
     assert stack_fingerprint(tiny_adapter) == load_stack(tiny_adapter, device="cpu").fingerprint

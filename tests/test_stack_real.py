@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_modelcompat.stack import (
+from pytest_modelcompat.models.stack import (
     convert_gguf,
     load_base,
     load_stack,

@@ -1,4 +1,4 @@
-"""Suite files → TaskSpec, data + templates → Instance (pytest_modelcompat.suite)."""
+"""Suite files → TaskSpec, data + templates → Instance (pytest_modelcompat.tasks.suite)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.suite import Instance, load_instances, load_suite, resolve_task
+from pytest_modelcompat.tasks.suite import Instance, load_instances, load_suite, resolve_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -373,7 +373,7 @@ def test_real_shared_data_via_environment_variable(tmp_path, monkeypatch):
 
 def test_importing_suite_stays_light():
     code = (
-        "import sys, pytest_modelcompat.suite\n"
+        "import sys, pytest_modelcompat.tasks.suite\n"
         "heavy = {'torch', 'transformers', 'lm_eval', 'datasets'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

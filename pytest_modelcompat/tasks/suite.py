@@ -5,9 +5,9 @@ each entry a complete :class:`TaskSpec` exactly once.
 collection stays fast and skipped runs cost nothing). Its entries come from one of two task
 sources, each a module of its own that knows only ``taskspec.py``:
 
-- template tasks (``kind:`` + Jinja2 templates over a data file): ``template_tasks.py``; complete as
+- template tasks (``kind:`` + Jinja2 templates over a data file): ``template_source.py``; complete as
   parsed;
-- lm-eval tasks (``lm_eval:``): ``lmeval_tasks.py``; their ``kind``, delimiter, stop sequences
+- lm-eval tasks (``lm_eval:``): ``lmeval_source.py``; their ``kind``, delimiter, stop sequences
   and token budget come from lm-eval's task config, which needs lm-eval's task index (tens of
   seconds for a task *name*) and the task's dataset, so until resolved such an entry has
   ``kind=None``.
@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_modelcompat import template_tasks
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.gate import validate_gate
-from pytest_modelcompat.similarity import similarity
-from pytest_modelcompat.taskspec import KINDS, Instance, Kind, TaskSpec, require_resolved, row_ids
-from pytest_modelcompat.template_tasks import DATA_SUFFIXES, compile_templates, read_rows
+from pytest_modelcompat.metrics.gate import validate_gate
+from pytest_modelcompat.metrics.similarity import similarity
+from pytest_modelcompat.tasks import template_source
+from pytest_modelcompat.tasks.spec import KINDS, Instance, Kind, TaskSpec, require_resolved, row_ids
+from pytest_modelcompat.tasks.template_source import DATA_SUFFIXES, compile_templates, read_rows
 
 __all__ = ["DATA_SUFFIXES", "KINDS", "Instance", "Kind", "TaskSpec", "load_instances", "load_suite",
            "read_rows", "resolve_task", "row_ids"]
@@ -93,9 +93,9 @@ def resolve_task(task: TaskSpec) -> TaskSpec:
     is, an ``lm_eval:`` entry with its kind etc. from lm-eval (slow: call it once per task)."""
     if task.resolved:
         return task
-    from pytest_modelcompat import lmeval_tasks
+    from pytest_modelcompat.tasks import lmeval_source
 
-    return lmeval_tasks.resolve(task)
+    return lmeval_source.resolve(task)
 
 
 def load_instances(
@@ -114,10 +114,10 @@ def load_instances(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise CompatInputError(f"task {task.name!r}: limit must be a positive integer, got {limit!r}")
     if task.lm_eval is not None:
-        from pytest_modelcompat import lmeval_tasks
+        from pytest_modelcompat.tasks import lmeval_source
 
-        return lmeval_tasks.instances(task, split, limit)
-    return template_tasks.instances(task, split, limit)
+        return lmeval_source.instances(task, split, limit)
+    return template_source.instances(task, split, limit)
 
 
 # ----------------------------------------------------------------------------- suite parsing

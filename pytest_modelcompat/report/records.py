@@ -122,7 +122,7 @@ def _gold_text(task: Any, instance: Any) -> str:
     if task.kind == "multiple_choice" and isinstance(instance.gold, int):
         return instance.choices[instance.gold]
     if task.kind == "exact_match":
-        from pytest_modelcompat.evaluate import answer_extractor
+        from pytest_modelcompat.scoring.evaluate import answer_extractor
 
         return answer_extractor(task)(str(instance.gold))
     return str(instance.gold)
@@ -461,7 +461,7 @@ def render_html(report: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
 
     records = sorted_records(records)
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("pytest_modelcompat", "templates"), autoescape=True,
+        loader=jinja2.PackageLoader("pytest_modelcompat.report", "templates"), autoescape=True,
     )
     tasks = [
         {"name": record["entry"]["name"], "kind": record["entry"]["kind"],

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.taskspec import Instance, TaskSpec, gold_index, row_ids
+from pytest_modelcompat.tasks.spec import Instance, TaskSpec, gold_index, row_ids
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 

@@ -39,16 +39,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_modelcompat import engine
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.taskspec import require_resolved
+from pytest_modelcompat.scoring import engine
+from pytest_modelcompat.tasks.spec import require_resolved
 
 if TYPE_CHECKING:
     from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.cache import ResultCache
-    from pytest_modelcompat.gate import GateResult
-    from pytest_modelcompat.stack import Stack
-    from pytest_modelcompat.taskspec import Instance, TaskSpec
+    from pytest_modelcompat.metrics.gate import GateResult
+    from pytest_modelcompat.models.stack import Stack
+    from pytest_modelcompat.tasks.spec import Instance, TaskSpec
 
 # Packed rows (one per context, all its choices as branches) per forward pass, or prompts per
 # generation batch: the default of every entry point's batch-size option (--compat-batch-size,
@@ -129,7 +129,7 @@ def choose(logliks: Sequence[float], choices: Sequence[str], normalize: bool) ->
 def prediction_margin(prediction: Prediction, instance: Instance, task: TaskSpec) -> float | None:
     """The decision margin of one prediction: multiple choice, best minus second-best of the values
     ``choose`` takes the argmax of (log-likelihoods, or per character with ``normalize``); else None."""
-    from pytest_modelcompat.metrics import decision_margin
+    from pytest_modelcompat.metrics.flips import decision_margin
 
     if task.kind != "multiple_choice" or prediction.logliks is None or instance.choices is None:
         return None
@@ -188,7 +188,7 @@ def _predict_exact_match(stack, task, instances, batch_size, progress, descripti
         batch_size=batch_size, progress=progress, description=description,
     )
     if task.lm_eval:
-        from pytest_modelcompat.lmeval_tasks import response_correct, response_filter
+        from pytest_modelcompat.tasks.lmeval_source import response_correct, response_filter
 
         lm_filter, lm_correct = response_filter(task), response_correct(task)
         answers = [lm_filter(text, inst.doc) for inst, text in zip(instances, texts)]
@@ -206,7 +206,7 @@ def _predict_exact_match(stack, task, instances, batch_size, progress, descripti
 
 
 def _predict_generative(stack, task, instances, batch_size, progress, description) -> list[Prediction]:
-    from pytest_modelcompat.similarity import similarity
+    from pytest_modelcompat.metrics.similarity import similarity
 
     score = similarity(task.metric)
     texts = engine.generate(
@@ -284,7 +284,7 @@ def baseline_entry(stack: Stack, task: TaskSpec, *, limit: int | None = None, ca
                    batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None) -> dict[str, Any]:
     """Score ``task`` with the old stack only → its baseline snapshot entry (``baseline.task_entry``)."""
     from pytest_modelcompat.baseline import task_entry
-    from pytest_modelcompat.suite import load_instances
+    from pytest_modelcompat.tasks.suite import load_instances
 
     require_resolved(task, "baseline_entry()")
     instances = load_instances(task, limit=effective_limit(limit, task.limit))
@@ -301,7 +301,7 @@ def effective_limit(*limits: int | None) -> int | None:
 
 def flip_metrics_of(kind: str, old: Sequence[Prediction], new: Sequence[Prediction]) -> tuple[dict, list[str]]:
     """(metrics, quadrants) of two prediction columns of one task kind."""
-    from pytest_modelcompat import metrics as flip_metrics
+    from pytest_modelcompat.metrics import flips as flip_metrics
 
     if kind == "generative":
         columns = ([p.score for p in old], [p.score for p in new])
@@ -315,8 +315,14 @@ def compare(
     *, gate_override: Mapping[str, Any] | None = None, noise_margin: float | None = None,
 ) -> TaskResult:
     """Flip metrics, margins, unstable flips and the gate's verdict of two prediction columns."""
-    from pytest_modelcompat import metrics as flip_metrics
-    from pytest_modelcompat.gate import Check, GateResult, evaluate_gate, excludes_unstable, validate_gate
+    from pytest_modelcompat.metrics import flips as flip_metrics
+    from pytest_modelcompat.metrics.gate import (
+        Check,
+        GateResult,
+        evaluate_gate,
+        excludes_unstable,
+        validate_gate,
+    )
 
     noise_margin = flip_metrics.DEFAULT_NOISE_MARGIN if noise_margin is None else noise_margin
     metrics, quadrants = flip_metrics_of(task.kind, old_preds, new_preds)
@@ -365,7 +371,7 @@ def evaluate_task(
     ``noise_margin`` (default ``metrics.DEFAULT_NOISE_MARGIN``) decides which flips are unstable.
     """
     from pytest_modelcompat.baseline import Snapshot
-    from pytest_modelcompat.suite import load_instances
+    from pytest_modelcompat.tasks.suite import load_instances
 
     require_resolved(task, "evaluate_task()")
     instances = load_instances(task, limit=effective_limit(limit, task.limit))

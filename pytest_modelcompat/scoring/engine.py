@@ -49,7 +49,7 @@ from pytest_modelcompat.errors import CompatInputError
 if TYPE_CHECKING:
     import torch
 
-    from pytest_modelcompat.stack import Stack
+    from pytest_modelcompat.models.stack import Stack
 
 Request = tuple[str, Sequence[str]]
 

@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.gate import validate_gate
-from pytest_modelcompat.taskspec import Instance, TaskSpec, file_sha256, gold_index, require_resolved, row_ids
+from pytest_modelcompat.metrics.gate import validate_gate
+from pytest_modelcompat.tasks.spec import (
+    Instance,
+    TaskSpec,
+    file_sha256,
+    gold_index,
+    require_resolved,
+    row_ids,
+)
 
 # lm_eval.simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 FEWSHOT_SEED = 1234
