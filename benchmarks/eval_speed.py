@@ -7,7 +7,7 @@ the same base (SmolLM2-135M-Instruct, converted once from the GGUF of ``llm-smol
 different random LoRA adapters.
 
 Per task and stack we time lm-eval's ``simple_evaluate`` end to end and its log-likelihood
-scoring alone (``HFLM.loglikelihood``), and our ``evaluate.predict``; then the CI situation
+scoring alone (``HFLM.loglikelihood``), and our ``predictions.predict``; then the CI situation
 "old stack cached": ours = cached old + fresh new, against lm-eval run twice. Speed-ups are
 against lm-eval's scoring time alone, the conservative comparison. Also reported: prediction
 agreement and the largest log-likelihood difference, the tokens each side runs through the model,
@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from pytest_modelcompat.atomic import atomic_write  # noqa: E402
 from pytest_modelcompat.cache import ResultCache, cache_home  # noqa: E402
-from pytest_modelcompat.scoring import engine, evaluate  # noqa: E402
+from pytest_modelcompat.scoring import engine, predictions  # noqa: E402
 from pytest_modelcompat.tasks.suite import load_instances, load_suite  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pytest_modelcompat.models.stack import convert_gguf, load_stack, smollm2_gguf_path
+    from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
+    from pytest_modelcompat.models.stack import load_stack
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             theirs = run_lm_eval(base_dir, adapters[side], task_manager, name, args.batch_size)
             console.print(f"[bold]{name}[/bold] · {side}: ours …")
             start = time.perf_counter()
-            preds = evaluate.predict(stack, task, instances, batch_size=args.batch_size)
+            preds = predictions.predict(stack, task, instances, batch_size=args.batch_size)
             ours_seconds = time.perf_counter() - start
             agree = sum(p.pred == lls.index(max(lls)) for p, lls in zip(preds, theirs["logliks"]))
             max_diff = max(abs(a - b) for p, lls in zip(preds, theirs["logliks"]) for a, b in zip(p.logliks, lls))
@@ -226,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             }
         # CI with an unchanged old stack: its results come from the cache.
         cache = ResultCache(Path(tempfile.mkdtemp(prefix="eval_speed_cache.")))
-        evaluate.predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
+        predictions.predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
         start = time.perf_counter()
-        evaluate.predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
-        evaluate.predict(stacks["new"], task, instances, cache=None, batch_size=args.batch_size)
+        predictions.predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
+        predictions.predict(stacks["new"], task, instances, cache=None, batch_size=args.batch_size)
         cached_pair = time.perf_counter() - start
         lm_eval_twice = sum(s["lm_eval_seconds_scoring"] for s in row["stacks"].values())
         theirs_tokens, ours_tokens = token_counts(stacks["new"], instances, task.delimiter)

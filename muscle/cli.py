@@ -179,7 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
     """`muscle eval`: the gate's session (pytest_modelcompat.session) driven from the command line."""
     from rich.console import Console
 
-    from pytest_modelcompat.report.records import terminal_table
+    from pytest_modelcompat.report.terminal import terminal_table
     from pytest_modelcompat.session import Session, SessionOptions
 
     session = Session(SessionOptions.create(

@@ -2,7 +2,7 @@
 
 An example is prompt (``Instance.context``) + gold continuation (delimiter + gold choice for
 multiple choice, delimiter + target otherwise), tokenised by the scorer's own
-``engine.encode_request`` (lm-eval's split), with the loss only on continuation tokens. An empty context
+``scoring.engine.encode_request`` (lm-eval's split), with the loss only on continuation tokens. An empty context
 (``text: ""`` — plain causal-LM training on raw text) is conditioned on the BOS/EOS token as lm-eval
 does, so every text token gets a loss.
 """

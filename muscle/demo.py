@@ -53,7 +53,7 @@ def models_home() -> Path:
 def base_v1_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors base dir, converted from the installed GGUF once."""
     from pytest_modelcompat.errors import CompatInputError
-    from pytest_modelcompat.models.stack import convert_gguf, smollm2_gguf_path
+    from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     if gguf is None:
@@ -74,7 +74,7 @@ def base_v2_dir() -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_modelcompat.models.stack import quiet_third_party_output
+    from pytest_modelcompat.progress import quiet_third_party_output
 
     v1 = base_v1_dir()
     quiet_third_party_output()
@@ -105,7 +105,7 @@ def compat_adapter_dir(task: str, adapters: tuple[Path, Path]) -> Path:
     gets a new directory instead of a stale hit."""
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET
     from muscle.trainer import DEFAULT_LR
-    from pytest_modelcompat.models.stack import adapter_fingerprint
+    from pytest_modelcompat.models.fingerprints import adapter_fingerprint
 
     defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR]
     key = json.dumps([COMPAT_RECIPE, defaults, [adapter_fingerprint(a) for a in adapters]])

@@ -30,7 +30,7 @@ from pytest_modelcompat.errors import CompatInputError
 if TYPE_CHECKING:
     import torch
 
-    from pytest_modelcompat.scoring.evaluate import Prediction
+    from pytest_modelcompat.scoring.predictions import Prediction
     from pytest_modelcompat.tasks.suite import Instance, TaskSpec
 
 # The objective `muscle train` uses when --objective is not given, per task kind (measured:
@@ -73,19 +73,19 @@ def teacher_predictions(stack_ref: tuple[str, str | None], task: TaskSpec, insta
     import gc
 
     from pytest_modelcompat.models.stack import load_stack, stack_fingerprint
-    from pytest_modelcompat.scoring import evaluate
+    from pytest_modelcompat.scoring import predictions
 
     train_task = task.train_split()
     fingerprint = stack_fingerprint(*stack_ref, dtype=options["dtype"], allow_pickle=options["allow_pickle"])
     if cache is not None and fingerprint is not None:
         found = cache.get_many(fingerprint, train_task.fingerprint(), [inst.id for inst in instances])
-        preds = [evaluate.Prediction.from_cached(found[i.id], train_task, i) if i.id in found else None
+        preds = [predictions.Prediction.from_cached(found[i.id], train_task, i) if i.id in found else None
                  for i in instances]
         if all(p is not None for p in preds):
             return preds
     stack = load_stack(*stack_ref, **options)
     try:
-        return evaluate.predict(stack, train_task, instances, cache=cache, batch_size=batch_size,
+        return predictions.predict(stack, train_task, instances, cache=cache, batch_size=batch_size,
                                 progress=progress, description=f"{label} on the train split")
     finally:
         del stack

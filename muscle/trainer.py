@@ -14,7 +14,7 @@ Read it top to bottom, as torchtune's recipes: :func:`train` is the whole run,
   ``sequence`` (the gate's cached predictions of M1 and M2 on the train split; no teacher resident).
 
 Validation (the seeded 20 % of the train file) scores the student with the gate's own code
-(``evaluate.predict``); for train, the epoch kept minimises validation NFR against M1 (smooth NFR
+(``predictions.predict``); for train, the epoch kept minimises validation NFR against M1 (smooth NFR
 for generative tasks) among the epochs whose accuracy (score) is at least epoch 0's minus
 ``acc_tolerance``. Epoch 0 is a candidate, so training never returns something worse on validation
 than A2. Checkpoints (adapter, optimizer, scheduler, sampler, RNG, history) go to
@@ -449,7 +449,8 @@ def preflight(config: TrainConfig):
 
 
 def _check_stacks(config: TrainConfig) -> None:
-    from pytest_modelcompat.models.stack import check_stack_files, load_tokenizer
+    from pytest_modelcompat.models.bases import load_tokenizer
+    from pytest_modelcompat.models.stack import check_stack_files
 
     old_base, new_base = (
         check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
@@ -524,12 +525,9 @@ def _student(config: TrainConfig, device: str):
     """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
     from peft import LoraConfig, get_peft_model
 
-    from pytest_modelcompat.models.stack import (
-        attach_adapter,
-        load_base,
-        quiet_third_party_output,
-        read_adapter_config,
-    )
+    from pytest_modelcompat.models.adapters import attach_adapter, read_adapter_config
+    from pytest_modelcompat.models.bases import load_base
+    from pytest_modelcompat.progress import quiet_third_party_output
 
     quiet_third_party_output()
 
@@ -562,7 +560,7 @@ def _widened_student(model, config: TrainConfig):
     modules give it room to follow an update that touched more than A2's modules."""
     from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
 
-    from pytest_modelcompat.models.stack import check_adapter_files
+    from pytest_modelcompat.models.adapters import check_adapter_files
 
     check_adapter_files(config.new_adapter, allow_pickle=config.allow_pickle)
     lora = LoraConfig.from_pretrained(config.new_adapter)
@@ -584,10 +582,10 @@ def _widened_student(model, config: TrainConfig):
 def _predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int, progress):
     """The gate's predictions of the model being trained (not cached: it changes every epoch)."""
     from pytest_modelcompat.models.stack import Stack
-    from pytest_modelcompat.scoring import evaluate
+    from pytest_modelcompat.scoring import predictions
 
     stack = Stack(model=model, tokenizer=tokenizer, adapter=label, base=base, fingerprint=label, device=device)
-    return evaluate.predict(stack, task, instances, batch_size=batch_size, progress=progress,
+    return predictions.predict(stack, task, instances, batch_size=batch_size, progress=progress,
                             description=f"validating {label}")
 
 

@@ -1,6 +1,6 @@
 """The task report a test gets from ``compat.evaluate(...)``, with its assertion helpers.
 
-Each helper is a one-key gate (``gate.GATE_KEYS``): the comparison lives in ``gate.py`` alone,
+Each helper is a one-key gate (``metrics.gate.GATE_KEYS``): the comparison lives in ``metrics/gate.py`` alone,
 so ``report.assert_nfr_below(0.05)`` and a suite's ``gate: {max_nfr: 0.05}`` can never disagree.
 A failing helper fails the test with the same verdict a suite gate prints.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_modelcompat.report.records import verdict_message
+from pytest_modelcompat.report.verdict import verdict_message
 
 
 class TaskReport:

@@ -15,14 +15,14 @@ bytes, whatever the file's name — readers detect gzip by its magic bytes)::
                "device": str, "dtype": str},                        # (optional) what it scored on
      "tasks": [                                                      # sorted by name
       {"name": str, "kind": "multiple_choice"|"exact_match"|"generative",
-       "fingerprint": str,                                           # suite.TaskSpec.fingerprint()
+       "fingerprint": str,                                           # TaskSpec.fingerprint()
        "n": int,
        "instances": [                                                # sorted by id, one per line
         {"id": str, "pred": int|str|null, "correct": bool|null, "score": float|null,
          "text": str|null, "logliks": [float, ...]|null},
         ...]}]}
 
-An instance entry is ``evaluate.Prediction.to_dict()`` plus its ``id``: what the gate needs to
+An instance entry is ``scoring.predictions.Prediction.to_dict()`` plus its ``id``: what the gate needs to
 recompute every metric, margin and report of the old side. Ids sort numerically when they are
 integers ("2" before "10"), else as strings, so re-saving a snapshot after a data change shows as
 a small diff. Writing is atomic and deterministic (sorted keys, gzip without a timestamp).
@@ -48,7 +48,7 @@ from pytest_modelcompat.atomic import atomic_write
 from pytest_modelcompat.errors import CompatInputError
 
 if TYPE_CHECKING:
-    from pytest_modelcompat.scoring.evaluate import Prediction
+    from pytest_modelcompat.scoring.predictions import Prediction
     from pytest_modelcompat.tasks.suite import Instance, TaskSpec
 
 FORMAT = "pytest-modelcompat-baseline"
@@ -211,7 +211,7 @@ class Snapshot:
 
     def predictions(self, task: TaskSpec, instances: Sequence[Instance]) -> list[Prediction]:
         """The old stack's predictions for ``instances``, in their order."""
-        from pytest_modelcompat.scoring.evaluate import Prediction
+        from pytest_modelcompat.scoring.predictions import Prediction
 
         entry = self.check_instances(task, instances)
         out = []

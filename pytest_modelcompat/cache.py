@@ -3,7 +3,7 @@
 ``ResultCache`` stores one JSON file per (stack fingerprint, task fingerprint) under its root:
 ``<root>/<stack_fp>/<task_fp>.json``. A file maps instance ids to the json-able dict the scoring
 module stored for them. Because both fingerprints change whenever anything that changes a
-prediction changes (see ``stack.py`` and ``suite.TaskSpec.fingerprint``), an entry found here can
+prediction changes (see ``models/fingerprints.py`` and ``tasks.spec.TaskSpec.fingerprint``), an entry found here can
 be used as is: an unchanged old stack is never evaluated twice.
 
 Trust model: a file is used only if it parses, carries our schema version and the fingerprints

@@ -16,7 +16,7 @@ Nothing heavy is imported at module level, so unrelated pytest runs stay fast.
 - Marker ``@pytest.mark.modelcompat(task=..., suite=..., **gate)``: the task is evaluated before
   the test body (``compat.report`` holds it) and its gate is asserted after the body passed.
 - Suite files ``modelcompat.yaml`` / ``compat_*.yaml`` are collected as one item per task.
-- Every evaluated task becomes a JSON-able record (``report.task_record``) attached to the test
+- Every evaluated task becomes a JSON-able record (``report.records.task_record``) attached to the test
   report; the controller (the only process under xdist that does so) gathers records from
   ``pytest_runtest_logreport``, prints the summary table and writes ``--compat-report DIR``.
 - A failing gate fails its test, so pytest exits 1.
@@ -247,7 +247,7 @@ class CompatPlugin:
             terminalreporter.write_line(self.baseline_message)
         if not self.records:
             return
-        from pytest_modelcompat.report.records import terminal_table
+        from pytest_modelcompat.report.terminal import terminal_table
 
         terminalreporter.section("modelcompat")
         terminalreporter.write(terminal_table(self.records, width=config.get_terminal_writer().fullwidth,

@@ -6,10 +6,10 @@ one task, so an entry point only turns its own inputs into :class:`SessionOption
 - **Options, validated once** (:meth:`SessionOptions.create`): which stacks are compared (the
   *mode*: old vs new adapter, old adapter → baseline snapshot, snapshot vs new adapter), limits,
   batch size, noise margin, device and dtype, each with its default from its one owner
-  (``evaluate.DEFAULT_BATCH_SIZE``, ``metrics.DEFAULT_NOISE_MARGIN``, ``stack.DEVICES`` /
-  ``DTYPES`` / ``DEFAULT_DEVICE`` / ``DEFAULT_DTYPE``, ``cache.results_dir``), which argparse and
-  the pytest options read too. Messages name the options as the entry point spells them
-  (:data:`FLAGS`).
+  (``scoring.predictions.DEFAULT_BATCH_SIZE``, ``metrics.margins.DEFAULT_NOISE_MARGIN``,
+  ``models.devices.DEVICES`` / ``DTYPES`` / ``DEFAULT_DEVICE`` / ``DEFAULT_DTYPE``,
+  ``cache.results_dir``), which argparse and the pytest options read too. Messages name the
+  options as the entry point spells them (:data:`FLAGS`).
 - **Preflight** — everything that can be refused without a model, in a second, before the slow
   part: output locations and the snapshot (``Session(options)``), a task's data, templates and
   snapshot coverage (:meth:`Session.check_task`), the adapter and base files
@@ -18,7 +18,7 @@ one task, so an entry point only turns its own inputs into :class:`SessionOption
 - **Stacks, loaded lazily** (:meth:`Session.stack`), once per process; a baseline snapshot
   stands in for the old stack and no old model is loaded. A load failure is remembered and
   raised again (:class:`StackLoadError`) without reloading.
-- **Tasks resolved once** per run (:meth:`Session.resolve`, ``suite.resolve_task``).
+- **Tasks resolved once** per run (:meth:`Session.resolve`, ``tasks.suite.resolve_task``).
 - :meth:`Session.evaluate` (task, gate) → an :class:`Evaluation`: the ``TaskResult`` and its
   JSON-able report record; :meth:`Session.score_baseline` / :meth:`Session.write_baseline` save
   a snapshot; :meth:`Session.write_reports` writes report.json / .md / .html.
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics.flips import DEFAULT_NOISE_MARGIN
-from pytest_modelcompat.models.stack import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
-from pytest_modelcompat.scoring.evaluate import DEFAULT_BATCH_SIZE
+from pytest_modelcompat.metrics.margins import DEFAULT_NOISE_MARGIN
+from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from pytest_modelcompat.baseline import Snapshot
@@ -161,7 +161,7 @@ class SessionOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = DEFAULT_DEVICE
     dtype: str = DEFAULT_DTYPE
-    noise_margin: float | None = None         # None: metrics.DEFAULT_NOISE_MARGIN
+    noise_margin: float | None = None         # None: margins.DEFAULT_NOISE_MARGIN
     allow_pickle: bool = False
     trust_remote_code: bool = False
     save_baseline: str | Path | None = None   # write the old stack's predictions to this snapshot file
@@ -422,7 +422,7 @@ class Session:
 
     def write_reports(self, records: Iterable[Mapping[str, Any]]) -> dict[str, Path]:
         """report.json / report.md / report.html into the report dir, if the run has one."""
-        from pytest_modelcompat.report.records import write_reports
+        from pytest_modelcompat.report.files import write_reports
 
         if self.options.report_dir is None:
             return {}

@@ -16,7 +16,7 @@ import pytest
 from muscle import cli
 from pytest_modelcompat import baseline
 from pytest_modelcompat.baseline import BaselineError, instance_sort_key, load_snapshot, write_snapshot
-from pytest_modelcompat.scoring.evaluate import Prediction
+from pytest_modelcompat.scoring.predictions import Prediction
 from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 pytest_plugins = ["pytester"]

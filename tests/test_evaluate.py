@@ -1,4 +1,4 @@
-"""evaluate.py: predictions per kind, the per-instance cache, non-finite scores, evaluate_task."""
+"""scoring/predictions.py and scoring/evaluate.py: predictions per kind, the per-instance cache, non-finite scores, evaluate_task."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pytest_modelcompat.cache import ResultCache
-from pytest_modelcompat.scoring import engine, evaluate
+from pytest_modelcompat.scoring import engine, evaluate, predictions
 from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 MC_ROWS = [
@@ -77,23 +77,23 @@ def test_multiple_choice_argmax_and_acc_norm(tmp_path, stacks):
     old, _ = stacks
     tasks = _suite(tmp_path)
     instances = load_instances(tasks["mc"])
-    preds = evaluate.predict(old, tasks["mc"], instances, batch_size=4)
+    preds = predictions.predict(old, tasks["mc"], instances, batch_size=4)
     requests = [(i.context, [" " + c for c in i.choices]) for i in instances]
     for inst, pred, logliks in zip(instances, preds, engine.loglikelihoods(old, requests)):
         assert pred.logliks == pytest.approx(logliks, abs=1e-5)
         assert pred.pred == max(range(len(logliks)), key=lambda k: (logliks[k], -k))
         assert pred.correct == (pred.pred == inst.gold)
         assert pred.score == pred.logliks[pred.pred]
-    norm = evaluate.predict(old, tasks["mc_norm"], instances, batch_size=4)
+    norm = predictions.predict(old, tasks["mc_norm"], instances, batch_size=4)
     for inst, pred in zip(instances, norm):
         per_char = [v / len(c) for v, c in zip(pred.logliks, inst.choices)]
         assert pred.pred == per_char.index(max(per_char))
 
 
 def test_choose_breaks_ties_like_numpy_argmax():
-    assert evaluate.choose([-1.0, -1.0, -2.0], ["a", "b", "c"], normalize=False) == 0
+    assert predictions.choose([-1.0, -1.0, -2.0], ["a", "b", "c"], normalize=False) == 0
     # acc_norm divides by characters of the choice (without the delimiter), as lm-eval does.
-    assert evaluate.choose([-4.0, -3.0], ["abcd", "a"], normalize=True) == 0
+    assert predictions.choose([-4.0, -3.0], ["abcd", "a"], normalize=True) == 0
 
 
 def test_cache_reuses_hits_and_computes_only_misses(tmp_path, stacks, monkeypatch):
@@ -101,7 +101,7 @@ def test_cache_reuses_hits_and_computes_only_misses(tmp_path, stacks, monkeypatc
     task = _suite(tmp_path)["mc"]
     instances = load_instances(task)
     cache = ResultCache(tmp_path / "cache")
-    first = evaluate.predict(old, task, instances[:4], cache=cache)
+    first = predictions.predict(old, task, instances[:4], cache=cache)
 
     seen = []
     real = engine.loglikelihoods
@@ -111,11 +111,11 @@ def test_cache_reuses_hits_and_computes_only_misses(tmp_path, stacks, monkeypatc
         return real(stack, requests, **kwargs)
 
     monkeypatch.setattr(engine, "loglikelihoods", counting)
-    again = evaluate.predict(old, task, instances, cache=cache)
+    again = predictions.predict(old, task, instances, cache=cache)
     assert again[:4] == first
     assert seen == [inst.context for inst in instances[4:]]
     seen.clear()
-    assert evaluate.predict(old, task, instances, cache=cache) == again
+    assert predictions.predict(old, task, instances, cache=cache) == again
     assert seen == []
 
 
@@ -124,10 +124,10 @@ def test_cached_entry_that_does_not_fit_is_recomputed(tmp_path, stacks):
     task = _suite(tmp_path)["mc"]
     instances = load_instances(task)[:2]
     cache = ResultCache(tmp_path / "cache")
-    fresh = evaluate.predict(old, task, instances, cache=cache)
+    fresh = predictions.predict(old, task, instances, cache=cache)
     bogus = {"pred": 7, "correct": True, "score": 0.0, "text": None, "logliks": [0.0]}
     cache.put_many(old.fingerprint, task.fingerprint(), {instances[0].id: bogus, instances[1].id: {"x": 1}})
-    assert evaluate.predict(old, task, instances, cache=cache) == fresh
+    assert predictions.predict(old, task, instances, cache=cache) == fresh
 
 
 def test_nonfinite_loglik_is_wrong_warned_and_not_cached(tmp_path, stacks, monkeypatch):
@@ -159,15 +159,15 @@ def test_exact_match_extracts_and_normalises(tmp_path, stacks, monkeypatch):
     instances = load_instances(task)
     outputs = ["It is 2 plus 2 so #### 4.", "I think $1,000.", "no numbers here"]
     monkeypatch.setattr(engine, "generate", lambda stack, prompts, **kw: outputs[: len(prompts)])
-    preds = evaluate.predict(old, task, instances)
+    preds = predictions.predict(old, task, instances)
     assert [p.pred for p in preds] == ["4", "1000", "no numbers here"]
     assert [p.correct for p in preds] == [True, True, False]
     assert [p.text for p in preds] == outputs
 
 
 def test_normalize_answer():
-    assert evaluate.normalize_answer(" $1,234.\n") == "1234"
-    assert evaluate.normalize_answer("Positive") == "positive"
+    assert predictions.normalize_answer(" $1,234.\n") == "1234"
+    assert predictions.normalize_answer("Positive") == "positive"
 
 
 def test_generative_scores_with_rouge(tmp_path, stacks, monkeypatch):
@@ -183,7 +183,7 @@ def test_generative_scores_with_rouge(tmp_path, stacks, monkeypatch):
         return ["Anna and Bob meet."] * len(prompts)
 
     monkeypatch.setattr(engine, "generate", fake_generate)
-    preds = evaluate.predict(old, task, instances)
+    preds = predictions.predict(old, task, instances)
     assert seen["no_repeat_ngram_size"] == 2
     assert [p.score for p in preds] == [similarity("rouge1")("Anna and Bob meet.", i.gold) for i in instances]
     assert all(p.correct is None for p in preds)
@@ -200,14 +200,14 @@ def test_generation_kinds_run_end_to_end_on_tiny_stacks(tmp_path, stacks):
 
 
 def test_evaluate_task_metrics_gate_and_quadrants(tmp_path, stacks):
-    from pytest_modelcompat.metrics import flips as metrics
+    from pytest_modelcompat.metrics import flips
 
     old, new = stacks
     task = _suite(tmp_path, gate="{max_nfr: 1.0, min_btc: 0.0}")["mc"]
     result = evaluate.evaluate_task(old, new, task, limit=5, gate_override={"max_nfr": 0.0})
     assert len(result.instances) == len(result.old) == len(result.new) == len(result.quadrants) == 5
-    assert set(metrics.METRIC_KEYS) <= set(result.metrics)
-    expected = metrics.discriminative_quadrants(
+    assert set(flips.METRIC_KEYS) <= set(result.metrics)
+    expected = flips.discriminative_quadrants(
         [p.correct for p in result.old], [p.correct for p in result.new],
         [p.pred for p in result.old], [p.pred for p in result.new],
     )
@@ -242,7 +242,7 @@ def test_lm_eval_generate_task_uses_lm_evals_filter_and_exact_match(tmp_path, st
     instances = load_instances(task)
     outputs = ["so #### 0", "#### 2.", "The answer is 4", "#### 7"]
     monkeypatch.setattr(engine, "generate", lambda stack, prompts, **kw: outputs[: len(prompts)])
-    preds = evaluate.predict(old, task, instances)
+    preds = predictions.predict(old, task, instances)
     # strict-match finds no "####" in the third text: lm-eval's "[invalid]", counted wrong.
     assert [p.pred for p in preds] == ["0", "2.", "[invalid]", "7"]
     assert [p.correct for p in preds] == [True, True, False, False]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pytest_modelcompat.cache import ResultCache
-from pytest_modelcompat.scoring import engine, evaluate
+from pytest_modelcompat.scoring import engine, evaluate, predictions
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = '"><img src=x onerror=alert(1)>'
@@ -181,7 +181,7 @@ def test_a_corrupt_cache_file_is_recomputed_and_rewritten(project, tiny_adapter,
     task = load_suite(project / "modelcompat.yaml")[0]
     instances = load_instances(task)
     cache = ResultCache(tmp_path / "cache")
-    fresh = evaluate.predict(stack, task, instances, cache=cache)
+    fresh = predictions.predict(stack, task, instances, cache=cache)
     [path] = (tmp_path / "cache").rglob("*.json")
     data = path.read_bytes()
     if damage == "truncate":
@@ -200,7 +200,7 @@ def test_a_corrupt_cache_file_is_recomputed_and_rewritten(project, tiny_adapter,
         return real(stack, requests, **kwargs)
 
     monkeypatch.setattr(engine, "loglikelihoods", counting)
-    assert evaluate.predict(stack, task, instances, cache=cache) == fresh
+    assert predictions.predict(stack, task, instances, cache=cache) == fresh
     assert scored == [len(instances)]                       # every instance computed again
     assert len(cache.get_many(stack.fingerprint, task.fingerprint(), [i.id for i in instances])) == len(instances)
 
@@ -222,7 +222,8 @@ class _Elements(HTMLParser):
 def test_html_and_js_in_model_output_are_shown_as_text(project, tiny_adapter, tiny_adapter_v2, monkeypatch,
                                                        tmp_path):
     from pytest_modelcompat.models.stack import load_stack
-    from pytest_modelcompat.report.records import stack_meta, task_record, write_reports
+    from pytest_modelcompat.report.files import write_reports
+    from pytest_modelcompat.report.records import stack_meta, task_record
     from pytest_modelcompat.tasks.suite import load_suite
 
     payloads = [XSS_SCRIPT, XSS_IMG, "</script><script>alert(2)</script>", "<!--", "]]>&amp;"]

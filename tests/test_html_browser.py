@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from pytest_modelcompat.report.records import write_reports
+from pytest_modelcompat.report.files import write_reports
 from tests.compat_results import XSS_IMG, XSS_SCRIPT, sample_records
 
 CHROMIUM = shutil.which("chromium")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pytest_modelcompat.scoring import evaluate
+from pytest_modelcompat.scoring import predictions
 from pytest_modelcompat.tasks.suite import load_instances, load_suite
 
 WORDS = "cat dog mat bone lunch noon jar lid spoon four five two 42 100 positive negative".split()
@@ -80,8 +80,8 @@ def test_predictions_and_logliks_match_lm_eval(task_dir, tiny_adapter):
     tasks = {t.name: t for t in load_suite(task_dir / "modelcompat.yaml")}
     instances = load_instances(tasks["tinymc"])
     assert len(instances) == len(samples) == 20
-    ours = evaluate.predict(stack, tasks["tinymc"], instances, batch_size=3)
-    ours_norm = evaluate.predict(stack, tasks["tinymc_norm"], instances, batch_size=3)
+    ours = predictions.predict(stack, tasks["tinymc"], instances, batch_size=3)
+    ours_norm = predictions.predict(stack, tasks["tinymc_norm"], instances, batch_size=3)
 
     for inst, sample, pred, pred_norm in zip(instances, samples, ours, ours_norm):
         # Same requests as lm-eval built: (context, delimiter + choice).

@@ -11,25 +11,21 @@ import pytest
 
 from pytest_modelcompat.assertions import TaskReport
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics.flips import (
+from pytest_modelcompat.metrics.gate import validate_gate
+from pytest_modelcompat.metrics.margins import (
     DEFAULT_NOISE_MARGIN,
     decision_margin,
     unstable_counts,
     unstable_flips,
     unstable_smooth_flips,
 )
-from pytest_modelcompat.metrics.gate import validate_gate
-from pytest_modelcompat.report.records import (
-    build_report,
-    render_html,
-    render_markdown,
-    schema_path,
-    stack_meta,
-    task_record,
-    terminal_table,
-    verdict_message,
-)
-from pytest_modelcompat.scoring.evaluate import Prediction, compare, prediction_margin
+from pytest_modelcompat.report.html_page import render_html
+from pytest_modelcompat.report.markdown import render_markdown
+from pytest_modelcompat.report.records import build_report, schema_path, stack_meta, task_record
+from pytest_modelcompat.report.terminal import terminal_table
+from pytest_modelcompat.report.verdict import verdict_message
+from pytest_modelcompat.scoring.evaluate import compare
+from pytest_modelcompat.scoring.predictions import Prediction, prediction_margin
 
 pytest_plugins = ["pytester"]
 

@@ -16,9 +16,8 @@ from pytest_modelcompat.metrics.flips import (
     discriminative_quadrants,
     generative_metrics,
     generative_quadrants,
-    mcnemar_exact_p,
-    wilson_interval,
 )
+from pytest_modelcompat.metrics.intervals import mcnemar_exact_p, wilson_interval
 
 # Ten instances, gold = 0 everywhere, worked by hand:
 #   0-3 both right; 4, 5 negative flips; 6 positive flip;

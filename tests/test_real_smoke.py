@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from muscle import demo
-from pytest_modelcompat.models.stack import smollm2_gguf_path
+from pytest_modelcompat.models.gguf import smollm2_gguf_path
 
 pytestmark = pytest.mark.slow
 

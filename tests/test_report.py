@@ -8,17 +8,12 @@ import re
 import jsonschema
 import pytest
 
-from pytest_modelcompat.report.records import (
-    build_report,
-    md_cell,
-    muscle_train_command,
-    render_html,
-    render_markdown,
-    schema_path,
-    terminal_table,
-    verdict_message,
-    write_reports,
-)
+from pytest_modelcompat.report.files import write_reports
+from pytest_modelcompat.report.html_page import render_html
+from pytest_modelcompat.report.markdown import md_cell, render_markdown
+from pytest_modelcompat.report.records import build_report, muscle_train_command, schema_path
+from pytest_modelcompat.report.terminal import terminal_table
+from pytest_modelcompat.report.verdict import verdict_message
 from tests.compat_results import XSS_IMG, XSS_SCRIPT, sample_records
 
 

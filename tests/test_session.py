@@ -13,9 +13,9 @@ import yaml
 
 from pytest_modelcompat.cache import results_dir
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics import flips as metrics
-from pytest_modelcompat.models import stack
-from pytest_modelcompat.scoring import evaluate
+from pytest_modelcompat.metrics import margins
+from pytest_modelcompat.models import devices
+from pytest_modelcompat.scoring import evaluate, predictions
 from pytest_modelcompat.session import Session, SessionOptions
 from pytest_modelcompat.tasks import lmeval_source
 from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_task
@@ -59,15 +59,15 @@ def test_defaults_have_one_owner_that_argparse_and_pytest_read():
 
     options = SessionOptions.create(entry_point="muscle", old_adapter="a1", new_adapter="a2")
     assert (options.batch_size, options.device, options.dtype, options.noise_margin, options.cache_dir) == (
-        evaluate.DEFAULT_BATCH_SIZE, stack.DEFAULT_DEVICE, stack.DEFAULT_DTYPE, None, results_dir())
+        predictions.DEFAULT_BATCH_SIZE, devices.DEFAULT_DEVICE, devices.DEFAULT_DTYPE, None, results_dir())
     ev = cli.build_parser().parse_args(["eval", "--suite", "s.yaml"])
     assert (ev.batch_size, ev.device, ev.dtype) == (options.batch_size, options.device, options.dtype)
     from pytest_modelcompat.plugin import OPTIONS
 
     helps = {name: text for name, text, _ in OPTIONS}
-    assert f"(default {evaluate.DEFAULT_BATCH_SIZE})" in helps["compat_batch_size"]
-    assert f"(default {metrics.DEFAULT_NOISE_MARGIN};" in helps["compat_noise_margin"]
-    assert all(device in helps["compat_device"] for device in stack.DEVICES)
+    assert f"(default {predictions.DEFAULT_BATCH_SIZE})" in helps["compat_batch_size"]
+    assert f"(default {margins.DEFAULT_NOISE_MARGIN};" in helps["compat_noise_margin"]
+    assert all(device in helps["compat_device"] for device in devices.DEVICES)
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -93,7 +93,7 @@ def test_pytest_without_stacks_checks_nothing_it_would_not_use(tmp_path):
 def test_unresolved_entries_go_no_further_than_the_task_source_step(lm_suite):
     [entry] = load_suite(lm_suite)
     assert entry.kind is None and not entry.resolved
-    for call in (lambda: load_instances(entry), lambda: evaluate.predict(None, entry, []),
+    for call in (lambda: load_instances(entry), lambda: predictions.predict(None, entry, []),
                  lambda: evaluate.evaluate_task(None, None, entry), lambda: entry.fingerprint()):
         with pytest.raises(ValueError, match="needs the spec from resolve_task"):
             call()

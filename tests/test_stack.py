@@ -7,15 +7,11 @@ import shutil
 import pytest
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.models.stack import (
-    adapter_fingerprint,
-    attach_adapter,
-    file_sha256,
-    load_base,
-    load_stack,
-    read_adapter_config,
-    resolve_device,
-)
+from pytest_modelcompat.models.adapters import attach_adapter, read_adapter_config
+from pytest_modelcompat.models.bases import load_base
+from pytest_modelcompat.models.devices import resolve_device
+from pytest_modelcompat.models.fingerprints import adapter_fingerprint, file_sha256
+from pytest_modelcompat.models.stack import load_stack
 from tests import tiny
 
 PROMPTS = ["Question: what is two plus two? Answer:", "The cat sat on the"]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_modelcompat.models.stack import (
-    convert_gguf,
-    load_base,
-    load_stack,
-    read_adapter_config,
-    smollm2_gguf_path,
-)
+from pytest_modelcompat.models.adapters import read_adapter_config
+from pytest_modelcompat.models.bases import load_base
+from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
+from pytest_modelcompat.models.stack import load_stack
 
 pytestmark = pytest.mark.slow
 

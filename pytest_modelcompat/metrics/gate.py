@@ -4,8 +4,9 @@ Besides thresholds (``GATE_KEYS``) a gate may carry options (``GATE_OPTIONS``, b
 change which numbers the thresholds see:
 
 - ``exclude_unstable: true`` — flips marked unstable (both stacks' decision margins below the
-  run's noise margin; see ``metrics.unstable_flips``) do not count: the checks use metrics computed
-  as if those instances had not flipped (``evaluate.evaluate_task``). Default false: every flip counts.
+  run's noise margin; see ``margins.unstable_flips``) do not count: the checks use metrics
+  computed as if those instances had not flipped (``scoring.evaluate.compare``). Default false:
+  every flip counts.
 """
 
 from __future__ import annotations

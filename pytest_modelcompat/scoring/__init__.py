@@ -1,5 +1,6 @@
-"""Scoring: a stack and a task → predictions, and two stacks' predictions → a verdict.
+"""Scoring: a stack and a task → predictions, and two sides' predictions → a verdict.
 
-- ``engine.py``: batched log-likelihoods (packed choice trees) and greedy generation;
-- ``evaluate.py``: predictions per kind (cached), flip metrics, margins and the gate of one task.
+- ``engine.py``: batched, batch-invariant log-likelihoods (packed choice trees) and greedy generation;
+- ``predictions.py``: one stack's :class:`Prediction` per instance, per task kind, through the result cache;
+- ``evaluate.py``: old side (stack or baseline snapshot) vs new stack → flip metrics, margins and the gate.
 """

@@ -40,11 +40,12 @@ model's own forward (LoRA layers, final norm, logit soft-capping) untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat.progress import progress_advancer
 
 if TYPE_CHECKING:
     import torch
@@ -52,20 +53,6 @@ if TYPE_CHECKING:
     from pytest_modelcompat.models.stack import Stack
 
 Request = tuple[str, Sequence[str]]
-
-
-def progress_advancer(progress: Any, description: str, total: int) -> Callable[[int], None]:
-    """Turn the ``progress=`` argument into an ``advance(n)`` function.
-
-    ``progress`` may be ``None`` (no reporting), a ``rich.progress.Progress`` (a task named
-    ``description`` is added to it), or any callable taking the number of items just finished.
-    """
-    if progress is None:
-        return lambda n: None
-    if hasattr(progress, "add_task"):
-        task_id = progress.add_task(description, total=total)
-        return lambda n: progress.advance(task_id, n)
-    return progress
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ Mapping onto our kinds (see :func:`resolve`, which ``suite.resolve_task`` calls 
 
 Everything is imported and built lazily, once per process per task reference: a task *name* costs
 lm-eval's index scan of its bundled task YAMLs (~15 s here), a YAML path only the task itself.
-This module knows ``taskspec.py`` only (not ``suite.py``, which dispatches to it).
+This module knows ``spec.py`` only (not ``suite.py``, which dispatches to it).
 """
 
 from __future__ import annotations

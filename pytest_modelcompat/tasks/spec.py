@@ -3,8 +3,8 @@ instance-id rule (:func:`row_ids`) and the gold-index rule (:func:`gold_index`).
 
 The two task sources build on this module and on nothing of each other:
 
-- ``template_tasks.py``: a suite entry with ``kind:`` and Jinja2 templates over a data file;
-- ``lmeval_tasks.py``: a suite entry with ``lm_eval:``, lm-eval's own task definition.
+- ``template_source.py``: a suite entry with ``kind:`` and Jinja2 templates over a data file;
+- ``lmeval_source.py``: a suite entry with ``lm_eval:``, lm-eval's own task definition.
 
 ``suite.py`` parses a suite file into entries and is the one task-source step
 (``resolve_task``, ``load_instances``). A *resolved* spec has its ``kind``: a template entry is

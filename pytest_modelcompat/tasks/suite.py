@@ -3,7 +3,7 @@ each entry a complete :class:`TaskSpec` exactly once.
 
 :func:`load_suite` parses and strictly validates a suite file (no lm-eval import, so pytest
 collection stays fast and skipped runs cost nothing). Its entries come from one of two task
-sources, each a module of its own that knows only ``taskspec.py``:
+sources, each a module of its own that knows only ``spec.py``:
 
 - template tasks (``kind:`` + Jinja2 templates over a data file): ``template_source.py``; complete as
   parsed;
@@ -15,7 +15,7 @@ sources, each a module of its own that knows only ``taskspec.py``:
 :func:`resolve_task` is the one place an entry becomes a resolved spec (entry points call it
 once per task: ``session.Session.resolve``, muscle's preflight); :func:`load_instances` reads a
 resolved spec's instances from its source. Neither scoring, caching nor comparing ever sees an
-unresolved entry (``taskspec.require_resolved``).
+unresolved entry (``spec.require_resolved``).
 """
 
 from __future__ import annotations

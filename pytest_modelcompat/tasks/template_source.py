@@ -8,7 +8,7 @@ Templates render exactly as lm-eval renders ``doc_to_text`` / ``doc_to_choice`` 
 - a template that is exactly the name of a field of the row yields that field's value as is;
 - ``choices`` given as one string renders to a Python list literal (``ast.literal_eval``);
 - ``label`` renders to a gold index (an int, or a string of digits) or to the text of a choice
-  (``taskspec.gold_index``).
+  (``spec.gold_index``).
 
 A template entry is complete as parsed (its ``kind`` is in the suite): it needs no resolving.
 """
