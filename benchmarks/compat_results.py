@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from muscle import demo
-from pytest_modelcompat.atomic import atomic_write
+from pytest_modelcompat import atomic_write
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -129,9 +129,7 @@ class Evaluator:
     """The old stack loaded once; every new stack scored through the shared result cache."""
 
     def __init__(self, update: dict, bases: tuple[Path, Path], limit: int | None):
-        from pytest_modelcompat.cache import ResultCache, results_dir
-        from pytest_modelcompat.models.stack import load_stack
-        from pytest_modelcompat.tasks.suite import load_suite
+        from pytest_modelcompat import ResultCache, load_stack, load_suite, results_dir
 
         (self.task,) = [t for t in load_suite(update["suite"]) if t.name == update["task"]]
         self.old = load_stack(update["a1"], bases[0], device="cpu")
@@ -139,8 +137,7 @@ class Evaluator:
         self.cache = ResultCache(results_dir())
 
     def metrics(self, new_adapter: Path) -> dict:
-        from pytest_modelcompat.models.stack import load_stack
-        from pytest_modelcompat.scoring.evaluate import evaluate_task
+        from pytest_modelcompat import evaluate_task, load_stack
 
         new = load_stack(new_adapter, self.v2, device="cpu")
         result = evaluate_task(self.old, new, self.task, limit=self.limit, cache=self.cache)

@@ -7,7 +7,7 @@ the same base (SmolLM2-135M-Instruct, converted once from the GGUF of ``llm-smol
 different random LoRA adapters.
 
 Per task and stack we time lm-eval's ``simple_evaluate`` end to end and its log-likelihood
-scoring alone (``HFLM.loglikelihood``), and our ``predictions.predict``; then the CI situation
+scoring alone (``HFLM.loglikelihood``), and our ``predict``; then the CI situation
 "old stack cached": ours = cached old + fresh new, against lm-eval run twice. Speed-ups are
 against lm-eval's scoring time alone, the conservative comparison. Also reported: prediction
 agreement and the largest log-likelihood difference, the tokens each side runs through the model,
@@ -35,10 +35,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pytest_modelcompat.atomic import atomic_write  # noqa: E402
-from pytest_modelcompat.cache import ResultCache, cache_home  # noqa: E402
-from pytest_modelcompat.scoring import engine, predictions  # noqa: E402
-from pytest_modelcompat.tasks.suite import load_instances, load_suite  # noqa: E402
+from pytest_modelcompat import (  # noqa: E402  # noqa: E402  # noqa: E402
+    ResultCache,
+    atomic_write,  # noqa: E402
+    cache_home,
+    encode_request,
+    load_instances,
+    load_suite,
+    predict,
+)
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -149,7 +154,7 @@ def token_counts(stack, instances, delimiter=" ") -> tuple[int, int]:
     leading tokens that choices have in common)."""
     theirs = ours = 0
     for inst in instances:
-        pairs = engine.encode_request(stack.tokenizer, inst.context, [delimiter + c for c in inst.choices])
+        pairs = encode_request(stack.tokenizer, inst.context, [delimiter + c for c in inst.choices])
         theirs += sum(len(ctx) + len(cont) - 1 for ctx, cont in pairs)
         ours += len(pairs[0][0]) + sum(len(cont) - 1 for _, cont in pairs)
     return theirs, ours
@@ -185,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
-    from pytest_modelcompat.models.stack import load_stack
+    from pytest_modelcompat import convert_gguf, load_stack, smollm2_gguf_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             theirs = run_lm_eval(base_dir, adapters[side], task_manager, name, args.batch_size)
             console.print(f"[bold]{name}[/bold] · {side}: ours …")
             start = time.perf_counter()
-            preds = predictions.predict(stack, task, instances, batch_size=args.batch_size)
+            preds = predict(stack, task, instances, batch_size=args.batch_size)
             ours_seconds = time.perf_counter() - start
             agree = sum(p.pred == lls.index(max(lls)) for p, lls in zip(preds, theirs["logliks"]))
             max_diff = max(abs(a - b) for p, lls in zip(preds, theirs["logliks"]) for a, b in zip(p.logliks, lls))
@@ -227,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             }
         # CI with an unchanged old stack: its results come from the cache.
         cache = ResultCache(Path(tempfile.mkdtemp(prefix="eval_speed_cache.")))
-        predictions.predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
+        predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
         start = time.perf_counter()
-        predictions.predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
-        predictions.predict(stacks["new"], task, instances, cache=None, batch_size=args.batch_size)
+        predict(stacks["old"], task, instances, cache=cache, batch_size=args.batch_size)
+        predict(stacks["new"], task, instances, cache=None, batch_size=args.batch_size)
         cached_pair = time.perf_counter() - start
         lm_eval_twice = sum(s["lm_eval_seconds_scoring"] for s in row["stacks"].values())
         theirs_tokens, ours_tokens = token_counts(stacks["new"], instances, task.delimiter)

@@ -49,7 +49,7 @@ def _random_adapter(base_dir: Path, out: Path, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from pytest_modelcompat.progress import quiet_third_party_output
+    from pytest_modelcompat import quiet_third_party_output
 
     quiet_third_party_output()
     torch.manual_seed(seed)
@@ -63,8 +63,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pytest_modelcompat.atomic import atomic_write
-    from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
+    from pytest_modelcompat import atomic_write, convert_gguf, smollm2_gguf_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=96, help="train rows (80 %% train, 20 %% validation)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat import CompatInputError
 
 EPILOG = """examples:
   muscle finetune --suite modelcompat.yaml --task piqa --base v1/ --output a1/
@@ -48,7 +48,7 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the train split")
     from muscle.trainer import DEFAULT_LR
-    from pytest_modelcompat import session
+    from pytest_modelcompat import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
 
     p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
     p.add_argument("--batch-size", type=int, default=8, help="training examples per optimizer step")
@@ -58,9 +58,9 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in .OUT.work/")
     p.add_argument("--select", choices=("nfr", "loss"),
                    help="epoch selection on the 20%% validation split (train: nfr vs M1, finetune: loss)")
-    p.add_argument("--device", choices=session.DEVICES, default=session.DEFAULT_DEVICE,
+    p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                    help="auto: CUDA when available")
-    p.add_argument("--dtype", choices=session.DTYPES, default=session.DEFAULT_DTYPE, help="weights and compute dtype")
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE, help="weights and compute dtype")
     _trust_options(p)
 
 
@@ -119,7 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated module names")
 
     # the run's constants (batch size, noise margin, devices, dtypes): one owner for argparse and pytest
-    from pytest_modelcompat import session
+    from pytest_modelcompat import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_DEVICE,
+        DEFAULT_DTYPE,
+        DEFAULT_NOISE_MARGIN,
+        DEVICES,
+        DTYPES,
+    )
 
     ev = sub.add_parser("eval", help="the gate's metrics and thresholds outside pytest",
                         formatter_class=_HelpFormatter)
@@ -139,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", help="result cache dir (default: $MODELCOMPAT_HOME/results, "
                                     "~/.cache/pytest-modelcompat/results); shared with the pytest plugin")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
-    ev.add_argument("--batch-size", type=int, default=session.DEFAULT_BATCH_SIZE,
+    ev.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                     help="packed rows (one per context) per forward pass")
     ev.add_argument("--noise-margin", type=float, default=None,
                     help="flips with decision margins (or |D(x)|) below this on both sides are 'unstable' "
-                         f"(default {session.DEFAULT_NOISE_MARGIN}; docs/margins.md)")
-    ev.add_argument("--device", choices=session.DEVICES, default=session.DEFAULT_DEVICE,
+                         f"(default {DEFAULT_NOISE_MARGIN}; docs/margins.md)")
+    ev.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                     help="auto: CUDA when available")
-    ev.add_argument("--dtype", choices=session.DTYPES, default=session.DEFAULT_DTYPE, help="weights and compute dtype")
+    ev.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE, help="weights and compute dtype")
     _trust_options(ev)
     return parser
 
@@ -179,8 +186,7 @@ def _eval(args: argparse.Namespace) -> int:
     """`muscle eval`: the gate's session (pytest_modelcompat.session) driven from the command line."""
     from rich.console import Console
 
-    from pytest_modelcompat.report.terminal import terminal_table
-    from pytest_modelcompat.session import Session, SessionOptions
+    from pytest_modelcompat import Session, SessionOptions, terminal_table
 
     session = Session(SessionOptions.create(
         entry_point="muscle", old_adapter=args.old_adapter, new_adapter=args.new_adapter, old_base=args.old_base,
@@ -206,7 +212,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_tasks(args: argparse.Namespace) -> list:
     """The suite's tasks `muscle eval --task` selects (all without --task)."""
-    from pytest_modelcompat.tasks.suite import load_suite
+    from pytest_modelcompat import load_suite
 
     tasks = load_suite(args.suite)
     if args.task:

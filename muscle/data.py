@@ -2,7 +2,7 @@
 
 An example is prompt (``Instance.context``) + gold continuation (delimiter + gold choice for
 multiple choice, delimiter + target otherwise), tokenised by the scorer's own
-``scoring.engine.encode_request`` (lm-eval's split), with the loss only on continuation tokens. An empty context
+``pytest_modelcompat.encode_request`` (lm-eval's split), with the loss only on continuation tokens. An empty context
 (``text: ""`` — plain causal-LM training on raw text) is conditioned on the BOS/EOS token as lm-eval
 does, so every text token gets a loss.
 """
@@ -13,13 +13,12 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.scoring.engine import encode_request
+from pytest_modelcompat import CompatInputError, encode_request
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_modelcompat.tasks.suite import Instance, TaskSpec
+    from pytest_modelcompat import Instance, TaskSpec
 
 IGNORE = -100
 VAL_FRACTION = 0.2

@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_modelcompat.atomic import atomic_directory
-from pytest_modelcompat.cache import cache_home
+from pytest_modelcompat import atomic_directory, cache_home
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_DIR = REPO / "example_suite"
@@ -52,8 +51,7 @@ def models_home() -> Path:
 
 def base_v1_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors base dir, converted from the installed GGUF once."""
-    from pytest_modelcompat.errors import CompatInputError
-    from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
+    from pytest_modelcompat import CompatInputError, convert_gguf, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     if gguf is None:
@@ -74,7 +72,7 @@ def base_v2_dir() -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_modelcompat.progress import quiet_third_party_output
+    from pytest_modelcompat import quiet_third_party_output
 
     v1 = base_v1_dir()
     quiet_third_party_output()
@@ -105,7 +103,7 @@ def compat_adapter_dir(task: str, adapters: tuple[Path, Path]) -> Path:
     gets a new directory instead of a stale hit."""
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET
     from muscle.trainer import DEFAULT_LR
-    from pytest_modelcompat.models.fingerprints import adapter_fingerprint
+    from pytest_modelcompat import adapter_fingerprint
 
     defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR]
     key = json.dumps([COMPAT_RECIPE, defaults, [adapter_fingerprint(a) for a in adapters]])
@@ -149,7 +147,7 @@ def summary_table(before: dict, after: dict):
 def main() -> int:
     from rich.console import Console
 
-    from pytest_modelcompat.errors import CompatInputError
+    from pytest_modelcompat import CompatInputError
 
     console = Console()
     try:

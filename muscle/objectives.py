@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from muscle.data import build_examples, collate
-from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat import CompatInputError
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_modelcompat.scoring.predictions import Prediction
-    from pytest_modelcompat.tasks.suite import Instance, TaskSpec
+    from pytest_modelcompat import Instance, Prediction, TaskSpec
 
 # The objective `muscle train` uses when --objective is not given, per task kind (measured:
 # benchmarks/results/compat.md). Both work across tokenizers.
@@ -72,20 +71,19 @@ def teacher_predictions(stack_ref: tuple[str, str | None], task: TaskSpec, insta
     stack is loaded only when something is missing, and freed before training starts."""
     import gc
 
-    from pytest_modelcompat.models.stack import load_stack, stack_fingerprint
-    from pytest_modelcompat.scoring import predictions
+    from pytest_modelcompat import Prediction, load_stack, predict, stack_fingerprint
 
     train_task = task.train_split()
     fingerprint = stack_fingerprint(*stack_ref, dtype=options["dtype"], allow_pickle=options["allow_pickle"])
     if cache is not None and fingerprint is not None:
         found = cache.get_many(fingerprint, train_task.fingerprint(), [inst.id for inst in instances])
-        preds = [predictions.Prediction.from_cached(found[i.id], train_task, i) if i.id in found else None
+        preds = [Prediction.from_cached(found[i.id], train_task, i) if i.id in found else None
                  for i in instances]
         if all(p is not None for p in preds):
             return preds
     stack = load_stack(*stack_ref, **options)
     try:
-        return predictions.predict(stack, train_task, instances, cache=cache, batch_size=batch_size,
+        return predict(stack, train_task, instances, cache=cache, batch_size=batch_size,
                                 progress=progress, description=f"{label} on the train split")
     finally:
         del stack
@@ -210,7 +208,7 @@ class ChoiceObjective:
                 gold, lengths)
 
     def loss(self, model, items: list[ChoiceItem]) -> tuple[torch.Tensor, dict[str, float]]:
-        from pytest_modelcompat.scoring.engine import packed_choice_loglikelihoods
+        from pytest_modelcompat import packed_choice_loglikelihoods
 
         delimiter = self.task.delimiter
         requests = [(it.instance.context, [delimiter + c for c in it.instance.choices]) for it in items]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from muscle.data import Example, collate
 from muscle.losses.token import TopKLogits, select_targets
-from pytest_modelcompat.atomic import atomic_write
+from pytest_modelcompat import atomic_write
 
 if TYPE_CHECKING:
     import torch

@@ -14,7 +14,7 @@ Read it top to bottom, as torchtune's recipes: :func:`train` is the whole run,
   ``sequence`` (the gate's cached predictions of M1 and M2 on the train split; no teacher resident).
 
 Validation (the seeded 20 % of the train file) scores the student with the gate's own code
-(``predictions.predict``); for train, the epoch kept minimises validation NFR against M1 (smooth NFR
+(``pytest_modelcompat.predict``); for train, the epoch kept minimises validation NFR against M1 (smooth NFR
 for generative tasks) among the epochs whose accuracy (score) is at least epoch 0's minus
 ``acc_tolerance``. Epoch 0 is a candidate, so training never returns something worse on validation
 than A2. Checkpoints (adapter, optimizer, scheduler, sampler, RNG, history) go to
@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from muscle.data import split_train_val
-from pytest_modelcompat.atomic import atomic_directory, atomic_write, check_writable_dir
-from pytest_modelcompat.errors import CompatInputError
+from pytest_modelcompat import CompatInputError, atomic_directory, atomic_write, check_writable_dir
 
 STUDENT = "default"          # PEFT's name for the trainable adapter
 NEW_TEACHER = "muscle_m2"    # A2 as a frozen second adapter on the student's base (token objective)
@@ -164,8 +163,7 @@ class Recipe:
         from torch.utils.data import DataLoader
         from transformers import get_linear_schedule_with_warmup
 
-        from pytest_modelcompat.progress import make_progress
-        from pytest_modelcompat.scoring.engine import pad_token_id
+        from pytest_modelcompat import make_progress, pad_token_id
 
         self.config, self.task = preflight(self.config)       # every cheap check, before any model loads
         _return_freed_memory_to_the_os()
@@ -234,7 +232,7 @@ class Recipe:
 
     def _teacher_predictions(self, which: str, instances):
         from muscle.objectives import teacher_predictions
-        from pytest_modelcompat.cache import ResultCache, results_dir
+        from pytest_modelcompat import ResultCache, results_dir
 
         config = self.config
         ref = (config.old_adapter, config.old_base) if which == "old" else (config.new_adapter, config.base)
@@ -260,7 +258,7 @@ class Recipe:
         # token: M1 resident on its own base (or precomputed below), M2 as a frozen adapter on ours
         from muscle.losses.token import select_targets
         from muscle.teachers import teacher_logits
-        from pytest_modelcompat.models.stack import load_stack
+        from pytest_modelcompat import load_stack
 
         self.old_model = load_stack(config.old_adapter, config.old_base, device=self.device_name,
                                     dtype=config.dtype, **config.trust()).model
@@ -402,7 +400,7 @@ def preflight(config: TrainConfig):
     from muscle.losses import MASKS, OBJECTIVES
     from muscle.losses.choice import NEW_TARGETS, OLD_TARGETS
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET, check_objective
-    from pytest_modelcompat.tasks.suite import load_suite, resolve_task
+    from pytest_modelcompat import load_suite, resolve_task
 
     if config.mode == "train" and not (config.old_adapter and config.new_adapter):
         raise CompatInputError("muscle train needs --old-adapter A1 and --new-adapter A2")
@@ -449,8 +447,7 @@ def preflight(config: TrainConfig):
 
 
 def _check_stacks(config: TrainConfig) -> None:
-    from pytest_modelcompat.models.bases import load_tokenizer
-    from pytest_modelcompat.models.stack import check_stack_files
+    from pytest_modelcompat import check_stack_files, load_tokenizer
 
     old_base, new_base = (
         check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
@@ -516,7 +513,7 @@ def _return_freed_memory_to_the_os() -> None:
 
 
 def _train_instances(task, config: TrainConfig):
-    from pytest_modelcompat.tasks.suite import load_instances
+    from pytest_modelcompat import load_instances
 
     return load_instances(task, split="train", limit=config.limit)
 
@@ -525,9 +522,7 @@ def _student(config: TrainConfig, device: str):
     """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
     from peft import LoraConfig, get_peft_model
 
-    from pytest_modelcompat.models.adapters import attach_adapter, read_adapter_config
-    from pytest_modelcompat.models.bases import load_base
-    from pytest_modelcompat.progress import quiet_third_party_output
+    from pytest_modelcompat import attach_adapter, load_base, quiet_third_party_output, read_adapter_config
 
     quiet_third_party_output()
 
@@ -560,7 +555,7 @@ def _widened_student(model, config: TrainConfig):
     modules give it room to follow an update that touched more than A2's modules."""
     from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
 
-    from pytest_modelcompat.models.adapters import check_adapter_files
+    from pytest_modelcompat import check_adapter_files
 
     check_adapter_files(config.new_adapter, allow_pickle=config.allow_pickle)
     lora = LoraConfig.from_pretrained(config.new_adapter)
@@ -581,16 +576,15 @@ def _widened_student(model, config: TrainConfig):
 
 def _predictions(model, tokenizer, task, instances, *, base: str, label: str, device, batch_size: int, progress):
     """The gate's predictions of the model being trained (not cached: it changes every epoch)."""
-    from pytest_modelcompat.models.stack import Stack
-    from pytest_modelcompat.scoring import predictions
+    from pytest_modelcompat import Stack, predict
 
     stack = Stack(model=model, tokenizer=tokenizer, adapter=label, base=base, fingerprint=label, device=device)
-    return predictions.predict(stack, task, instances, batch_size=batch_size, progress=progress,
+    return predict(stack, task, instances, batch_size=batch_size, progress=progress,
                             description=f"validating {label}")
 
 
 def _prediction_metrics(task, old_preds, new_preds) -> dict[str, float | None]:
-    from pytest_modelcompat.metrics.flips import discriminative_metrics, generative_metrics
+    from pytest_modelcompat import discriminative_metrics, generative_metrics
 
     if task.kind == "generative":
         new_scores = [p.score for p in new_preds]

@@ -39,15 +39,10 @@ from typing import Any
 import pytest
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.session import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_DEVICE,
-    DEFAULT_NOISE_MARGIN,
-    DEVICES,
-    Session,
-    SessionOptions,
-    StackLoadError,
-)
+from pytest_modelcompat.metrics.margins import DEFAULT_NOISE_MARGIN
+from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEVICES
+from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE
+from pytest_modelcompat.session import Session, SessionOptions, StackLoadError
 
 # (name, help, extra addoption kwargs). Each is also readable from ini `modelcompat_<name>`.
 OPTIONS: list[tuple[str, str, dict]] = [

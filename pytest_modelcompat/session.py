@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.metrics.margins import DEFAULT_NOISE_MARGIN
 from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
 from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE
 
@@ -50,8 +49,7 @@ if TYPE_CHECKING:
     from pytest_modelcompat.scoring.evaluate import TaskResult
     from pytest_modelcompat.tasks.spec import TaskSpec
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEFAULT_NOISE_MARGIN", "DEVICES", "DTYPES",
-           "FLAGS", "Evaluation", "Session", "SessionOptions", "StackLoadError", "non_negative_float",
+__all__ = ["FLAGS", "Evaluation", "Session", "SessionOptions", "StackLoadError", "non_negative_float",
            "positive_int"]
 
 # How each entry point spells the run's options, for the messages that name them.

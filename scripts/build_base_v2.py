@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pytest_modelcompat.atomic import atomic_directory, atomic_write
+from pytest_modelcompat import atomic_directory, atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 DELTA_DIR = REPO / "example_suite" / "artifacts" / "base_v2_delta"

@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from pytest_modelcompat.atomic import atomic_write
+from pytest_modelcompat import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = 2000  # enough for a LoRA task adapter on 2 CPU cores in a few minutes
