@@ -3,9 +3,9 @@
 The public API: what ``muscle``, the benchmarks and users import, all from here
 (``from pytest_modelcompat import load_stack, load_suite, evaluate_task``). The layout behind it
 is ARCHITECTURE.md's: ``tasks/`` (suite entries and their sources), ``models/`` (base + adapter
-stacks), ``scoring/`` (engine, predictions, old vs new), ``metrics/`` (flip metrics, intervals,
-margins, gate), ``report/`` (records, report files, verdicts), and the run on top
-(``session.py``, ``baseline.py``, ``plugin.py``).
+stacks), ``scoring/`` (engine, predictions, baseline snapshots, old vs new), ``metrics/`` (flip
+metrics, intervals, margins, gate), ``report/`` (records, report files, verdicts), and the run on
+top (``session.py``, ``assertions.py``, ``plugin.py``).
 
 - Errors: :class:`CompatInputError` — every bad input, one line naming the problem and the fix.
 - A run: :class:`Session` over validated :class:`SessionOptions` (what the pytest plugin and
@@ -51,7 +51,6 @@ from pytest_modelcompat.errors import CompatInputError
 if TYPE_CHECKING:
     from pytest_modelcompat.assertions import TaskReport
     from pytest_modelcompat.atomic import atomic_directory, atomic_write, check_writable_dir
-    from pytest_modelcompat.baseline import BaselineError, Snapshot, load_snapshot, write_snapshot
     from pytest_modelcompat.cache import ResultCache, cache_home, results_dir
     from pytest_modelcompat.metrics.flips import discriminative_metrics, generative_metrics
     from pytest_modelcompat.metrics.gate import GateResult, evaluate_gate, validate_gate
@@ -67,6 +66,7 @@ if TYPE_CHECKING:
     from pytest_modelcompat.report.files import write_reports
     from pytest_modelcompat.report.records import build_report, schema_path
     from pytest_modelcompat.report.terminal import terminal_table
+    from pytest_modelcompat.scoring.baseline import BaselineError, Snapshot, load_snapshot, write_snapshot
     from pytest_modelcompat.scoring.engine import (
         encode_request,
         generate,
@@ -86,7 +86,7 @@ __version__ = "0.1.0"
 _OWNERS: dict[str, str] = {
     **dict.fromkeys(("TaskReport",), "assertions"),
     **dict.fromkeys(("atomic_directory", "atomic_write", "check_writable_dir"), "atomic"),
-    **dict.fromkeys(("BaselineError", "Snapshot", "load_snapshot", "write_snapshot"), "baseline"),
+    **dict.fromkeys(("BaselineError", "Snapshot", "load_snapshot", "write_snapshot"), "scoring.baseline"),
     **dict.fromkeys(("ResultCache", "cache_home", "results_dir"), "cache"),
     **dict.fromkeys(("discriminative_metrics", "generative_metrics"), "metrics.flips"),
     **dict.fromkeys(("GateResult", "evaluate_gate", "validate_gate"), "metrics.gate"),

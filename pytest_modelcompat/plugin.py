@@ -20,7 +20,7 @@ Nothing heavy is imported at module level, so unrelated pytest runs stay fast.
   report; the controller (the only process under xdist that does so) gathers records from
   ``pytest_runtest_logreport``, prints the summary table and writes ``--compat-report DIR``.
 - A failing gate fails its test, so pytest exits 1.
-- Baseline snapshots (docs/baseline.md, ``baseline.py``): ``--old-adapter A1
+- Baseline snapshots (docs/baseline.md, ``scoring/baseline.py``): ``--old-adapter A1
   --compat-save-baseline FILE`` scores the old stack only (suite items pass, Python gate tests are
   skipped after scoring) and the controller writes FILE at the end of a passing run;
   ``--compat-baseline FILE --new-adapter A2`` gates A2 against FILE with no old model. A snapshot
@@ -331,7 +331,7 @@ def _save(item: pytest.Item, task: Any) -> None:
 
 def _refuse_baseline(item: pytest.Item, error: CompatInputError) -> None:
     """A snapshot that does not cover a task met at run time stops the run (usage error, exit 4)."""
-    from pytest_modelcompat.baseline import BaselineError
+    from pytest_modelcompat.scoring.baseline import BaselineError
 
     if isinstance(error, BaselineError) and not _is_xdist_worker(item.config):
         item.config.stash[_PLUGIN].refused = True

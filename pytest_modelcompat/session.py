@@ -43,9 +43,9 @@ from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEV
 from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
-    from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.models.stack import Stack
+    from pytest_modelcompat.scoring.baseline import Snapshot
     from pytest_modelcompat.scoring.evaluate import TaskResult
     from pytest_modelcompat.tasks.spec import TaskSpec
 
@@ -272,7 +272,7 @@ class Session:
         """Output locations and the snapshot. Without stacks (pytest without adapters) nothing is
         checked: the plugin is installed in environments that never run a gate."""
         from pytest_modelcompat.atomic import check_writable_dir
-        from pytest_modelcompat.baseline import check_save_path, load_snapshot
+        from pytest_modelcompat.scoring.baseline import check_save_path, load_snapshot
 
         options = self.options
         if options.mode is None:
@@ -410,7 +410,7 @@ class Session:
 
     def write_baseline(self, scored: Iterable[Mapping[str, Any]]) -> tuple[Path, dict[str, str]]:
         """Write the snapshot of the tasks :meth:`score_baseline` scored → (path, old stack meta)."""
-        from pytest_modelcompat.baseline import write_snapshot
+        from pytest_modelcompat.scoring.baseline import write_snapshot
 
         scored = list(scored)
         stacks = {item["stack"]["fingerprint"]: item["stack"] for item in scored}

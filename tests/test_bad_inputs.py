@@ -211,7 +211,7 @@ def report_dir_is_a_file(s):
 
 def write_baseline(s, *, name: str = "yesno", limit: int | None = None, schema_version: int = 1) -> Path:
     """A snapshot of the scenario's task as `--compat-save-baseline` writes it, made by hand (no model)."""
-    from pytest_modelcompat.baseline import task_entry, write_snapshot
+    from pytest_modelcompat.scoring.baseline import task_entry, write_snapshot
     from pytest_modelcompat.scoring.predictions import Prediction
     from pytest_modelcompat.tasks.suite import load_instances, load_suite
 

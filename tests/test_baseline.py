@@ -1,4 +1,4 @@
-"""Baseline snapshots (pytest_modelcompat/baseline.py, docs/baseline.md): the format on its own,
+"""Baseline snapshots (pytest_modelcompat/scoring/baseline.py, docs/baseline.md): the format on its own,
 then end to end on tiny models through pytest (pytester) and `muscle eval`: save with the old
 adapter, gate the new adapter against the file with no old model, and every refusal."""
 
@@ -14,8 +14,13 @@ from types import SimpleNamespace
 import pytest
 
 from muscle import cli
-from pytest_modelcompat import baseline
-from pytest_modelcompat.baseline import BaselineError, instance_sort_key, load_snapshot, write_snapshot
+from pytest_modelcompat.scoring import baseline
+from pytest_modelcompat.scoring.baseline import (
+    BaselineError,
+    instance_sort_key,
+    load_snapshot,
+    write_snapshot,
+)
 from pytest_modelcompat.scoring.predictions import Prediction
 from pytest_modelcompat.tasks.suite import load_instances, load_suite
 

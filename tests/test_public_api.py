@@ -1,6 +1,7 @@
 """The package's public API (pytest_modelcompat/__init__.py) and its layout: every public name
 resolves to its owner's object, lazily; importing the package stays light; every module imports
-on its own (no import cycles); muscle imports the gate only through the public API."""
+on its own (no import cycles) and only from its own part or the layers below (ARCHITECTURE.md);
+muscle imports the gate only through the public API."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ import pytest_modelcompat
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "lm_eval", "peft")
+# ARCHITECTURE.md: each part of the package (a top-level module or sub-package) belongs to a layer
+# and imports only from its own part and the layers below.
+PARTS = {
+    "errors": "base", "atomic": "base", "cache": "base", "progress": "base",
+    "metrics": "metrics", "tasks": "tasks", "models": "models", "scoring": "scoring", "report": "report",
+    "session": "run", "assertions": "run", "plugin": "run",
+}
+LAYERS = {"base": 0, "metrics": 1, "tasks": 2, "models": 2, "scoring": 3, "report": 4, "run": 5}
 
 
 def _modules() -> list[str]:
@@ -65,6 +74,23 @@ def test_every_module_imports_on_its_own():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def _part(module: str) -> str:
+    return module.removeprefix("pytest_modelcompat.").split(".")[0]
+
+
+def test_every_module_imports_only_its_own_part_and_the_layers_below():
+    package = ROOT / "pytest_modelcompat"
+    modules = [path for path in sorted(package.rglob("*.py")) if path != package / "__init__.py"]
+    assert {_part(".".join(path.relative_to(ROOT).with_suffix("").parts)) for path in modules} == set(PARTS)
+    for path in modules:
+        importer = PARTS[_part(".".join(path.relative_to(ROOT).with_suffix("").parts))]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):   # function-level imports too
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pytest_modelcompat."):
+                imported = PARTS[_part(node.module)]
+                assert imported == importer or LAYERS[imported] < LAYERS[importer], (
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {importer} imports {node.module}")
 
 
 def test_muscle_imports_the_gate_only_through_the_public_api():

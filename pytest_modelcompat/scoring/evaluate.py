@@ -20,10 +20,10 @@ from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE, Predictio
 from pytest_modelcompat.tasks.spec import require_resolved
 
 if TYPE_CHECKING:
-    from pytest_modelcompat.baseline import Snapshot
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.metrics.gate import GateResult
     from pytest_modelcompat.models.stack import Stack
+    from pytest_modelcompat.scoring.baseline import Snapshot
     from pytest_modelcompat.tasks.spec import Instance, TaskSpec
 
 # The gate check a task fails when instances have non-finite log-likelihoods (value: their count).
@@ -65,7 +65,7 @@ def _nonfinite_warning(side: str, instances: Sequence[Instance], predictions: Se
 def baseline_entry(stack: Stack, task: TaskSpec, *, limit: int | None = None, cache: ResultCache | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None) -> dict[str, Any]:
     """Score ``task`` with the old stack only → its baseline snapshot entry (``baseline.task_entry``)."""
-    from pytest_modelcompat.baseline import task_entry
+    from pytest_modelcompat.scoring.baseline import task_entry
     from pytest_modelcompat.tasks.suite import load_instances
 
     require_resolved(task, "baseline_entry()")
@@ -152,7 +152,7 @@ def evaluate_task(
     ``gate_override`` keys replace the task's gate keys of the same name (others are kept).
     ``noise_margin`` (default ``metrics.margins.DEFAULT_NOISE_MARGIN``) decides which flips are unstable.
     """
-    from pytest_modelcompat.baseline import Snapshot
+    from pytest_modelcompat.scoring.baseline import Snapshot
     from pytest_modelcompat.tasks.suite import load_instances
 
     require_resolved(task, "evaluate_task()")
