@@ -356,7 +356,8 @@ def _find_suite(start: Path, stop: Path) -> Path:
 def task_spec(task: Any, suite: str | Path | None, test_path: Path, rootpath: Path) -> Any:
     """A TaskSpec from a TaskSpec, or a task name looked up in ``suite`` (relative to the test
     file; default: the nearest modelcompat.yaml)."""
-    from pytest_modelcompat.tasks.suite import TaskSpec, load_suite
+    from pytest_modelcompat.tasks.spec import TaskSpec
+    from pytest_modelcompat.tasks.suite import load_suite
 
     if isinstance(task, TaskSpec):
         return task

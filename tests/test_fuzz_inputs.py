@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.metrics.gate import validate_gate
-from pytest_modelcompat.tasks.suite import load_instances, load_suite, read_rows, row_ids
+from pytest_modelcompat.tasks.spec import row_ids
+from pytest_modelcompat.tasks.suite import load_instances, load_suite
+from pytest_modelcompat.tasks.template_source import read_rows
 
 VALID_SUITE = """\
 tasks:

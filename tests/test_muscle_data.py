@@ -7,7 +7,7 @@ import pytest
 from muscle.data import IGNORE, build_examples, collate, split_train_val
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.scoring.engine import encode_request
-from pytest_modelcompat.tasks.suite import Instance, TaskSpec
+from pytest_modelcompat.tasks.spec import Instance, TaskSpec
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.tasks.suite import Instance, load_instances, load_suite, resolve_task
+from pytest_modelcompat.tasks.spec import Instance
+from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -49,7 +49,7 @@ from pytest_modelcompat.errors import CompatInputError
 
 if TYPE_CHECKING:
     from pytest_modelcompat.scoring.predictions import Prediction
-    from pytest_modelcompat.tasks.suite import Instance, TaskSpec
+    from pytest_modelcompat.tasks.spec import Instance, TaskSpec
 
 FORMAT = "pytest-modelcompat-baseline"
 SCHEMA_VERSION = 1

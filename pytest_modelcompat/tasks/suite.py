@@ -30,11 +30,10 @@ from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.metrics.gate import validate_gate
 from pytest_modelcompat.metrics.similarity import similarity
 from pytest_modelcompat.tasks import template_source
-from pytest_modelcompat.tasks.spec import KINDS, Instance, Kind, TaskSpec, require_resolved, row_ids
-from pytest_modelcompat.tasks.template_source import DATA_SUFFIXES, compile_templates, read_rows
+from pytest_modelcompat.tasks.spec import KINDS, Instance, TaskSpec, require_resolved
+from pytest_modelcompat.tasks.template_source import compile_templates
 
-__all__ = ["DATA_SUFFIXES", "KINDS", "Instance", "Kind", "TaskSpec", "load_instances", "load_suite",
-           "read_rows", "resolve_task", "row_ids"]
+__all__ = ["load_instances", "load_suite", "resolve_task"]
 
 _COMMON_KEYS = {"name", "limit", "gate"}
 _TEMPLATE_TASK_KEYS = _COMMON_KEYS | {"kind", "data", "train", "text", "delimiter", "max_new_tokens", "stop"}
