@@ -243,6 +243,8 @@ def test_lm_eval_generate_task_uses_lm_evals_filter_and_exact_match(tmp_path, st
     outputs = ["so #### 0", "#### 2.", "The answer is 4", "#### 7"]
     monkeypatch.setattr(engine, "generate", lambda stack, prompts, **kw: outputs[: len(prompts)])
     preds = predictions.predict(old, task, instances)
-    # strict-match finds no "####" in the third text: lm-eval's "[invalid]", counted wrong.
-    assert [p.pred for p in preds] == ["0", "2.", "[invalid]", "7"]
+    # strict-match finds no "####" in the third text: lm-eval's "[invalid]", counted wrong. pred is the
+    # answer in exact_match's normal form (the trailing "." is one of the task's regexes_to_ignore).
+    assert [p.pred for p in preds] == ["0", "2", "[invalid]", "7"]
+    assert preds[1].text == "#### 2."
     assert [p.correct for p in preds] == [True, True, False, False]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_task
@@ -155,6 +157,21 @@ def test_generation_instances_filter_and_match_equal_lm_eval(lm_suite):
         assert correct(answer, instance) == bool(sample["exact_match"])
     # the canned outputs exercise both verdicts
     assert {bool(sample["exact_match"]) for sample in samples} == {True, False}
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.text(alphabet="0123456789,.$#Ab -", max_size=10), b=st.text(alphabet="0123456789,.$#Ab -", max_size=10))
+def test_answer_normal_forms_are_equal_exactly_when_lm_eval_exact_match_says_so(lm_suite, a, b):
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    from pytest_modelcompat.tasks.lmeval_source import answer_normal_form
+
+    _, gen = load_suite(lm_suite)
+    normal = answer_normal_form(resolve_task(gen))
+    options = {k: v for k, v in GEN_YAML["metric_list"][0].items() if k != "metric"}
+    same = exact_match_hf_evaluate(predictions=[a], references=[b], **options)["exact_match"] == 1.0
+    assert (normal(a) == normal(b)) == same
+    assert normal("#### 1,000.") == normal("1000") == "1000"
 
 
 def test_train_split_uses_the_tasks_training_docs(lm_suite):

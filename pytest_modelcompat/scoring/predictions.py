@@ -164,12 +164,17 @@ def _predict_exact_match(stack, task, instances, batch_size, progress, descripti
         batch_size=batch_size, progress=progress, description=description,
     )
     if task.lm_eval:
-        from pytest_modelcompat.tasks.lmeval_source import response_correct, response_filter
+        from pytest_modelcompat.tasks.lmeval_source import (
+            answer_normal_form,
+            response_correct,
+            response_filter,
+        )
 
-        lm_filter, lm_correct = response_filter(task), response_correct(task)
+        lm_filter, lm_correct, normal = response_filter(task), response_correct(task), answer_normal_form(task)
         answers = [lm_filter(text, inst.doc) for inst, text in zip(instances, texts)]
+        # pred: the answer as the task's exact_match compares it (NFR_mc asks whether it changed)
         return [
-            Prediction(pred=answer, correct=lm_correct(answer, inst), score=None, text=text)
+            Prediction(pred=normal(answer), correct=lm_correct(answer, inst), score=None, text=text)
             for inst, answer, text in zip(instances, answers, texts)
         ]
     extract = answer_extractor(task)

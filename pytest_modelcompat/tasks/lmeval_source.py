@@ -141,6 +141,32 @@ def response_filter(task: TaskSpec) -> Callable[..., str]:
     return apply
 
 
+def answer_normal_form(task: TaskSpec) -> Callable[[str], str]:
+    """``normal(answer) -> str``: the form in which lm-eval's exact_match compares answers, with the
+    task's own options (regexes_to_ignore, ignore_case, ignore_punctuation, ignore_numbers, in
+    lm-eval's order). Two answers match under the task's metric iff their normal forms are equal, so
+    NFR_mc ("M2 changed its answer") compares these: "1,000" and "1000" are one answer for GSM8K.
+    lm-eval applies the steps inside ``exact_match`` and exposes no normaliser;
+    tests/test_lmeval_tasks.py checks this equals its verdict on arbitrary strings."""
+    import re
+    import string
+
+    options = next((m for m in lmeval_task(task.lm_eval).config.metric_list or []
+                    if m.get("metric") == "exact_match"), {})
+    patterns = list(options.get("regexes_to_ignore") or [])
+    drop = (string.punctuation if options.get("ignore_punctuation") else "") + \
+           (string.digits if options.get("ignore_numbers") else "")
+
+    def normal(answer: str) -> str:
+        for pattern in patterns:
+            answer = re.sub(pattern, "", answer)
+        if options.get("ignore_case"):
+            answer = answer.lower()
+        return answer.translate(str.maketrans("", "", drop)) if drop else answer
+
+    return normal
+
+
 def response_correct(task: TaskSpec) -> Callable[[str, Instance], bool]:
     """``correct(filtered_answer, instance)``: lm-eval's own exact_match (with the task's options
     such as ignore_case / regexes_to_ignore) of a filtered answer against the doc's gold."""

@@ -98,6 +98,8 @@ class TaskSpec:
         }
         if self.split != "data":  # only then: the eval split's fingerprints (and caches) stay as they were
             payload["split"] = self.split
+        if self.lm_eval is not None and self.kind == "exact_match":
+            payload["pred"] = "exact_match normal form"   # cached preds before that held the raw answer
         if self.lm_eval is not None:
             if not self.source_digest:
                 raise ValueError(f"task {self.name!r}: fingerprint() needs the spec from resolve_task()")
