@@ -60,6 +60,9 @@ VARIANTS = {
     "choice-old-correct-focal": ["--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
     "choice-ensemble": ["--objective", "choice", "--mask", "none", "--old-target", "ensemble"],
     "token-paper": ["--objective", "token", "--mask", "paper", "--precompute-teachers"],
+    # dense signal: M1's next-token distribution on every answer token, student widened to every linear
+    "token-wide-none": ["--objective", "token", "--mask", "none", "--precompute-teachers", "--every-choice",
+                        "--add-modules", "k_proj,o_proj,gate_proj,up_proj,down_proj"],
     "sequence-old-correct": ["--objective", "sequence", "--mask", "old-correct"],
     "sequence-none": ["--objective", "sequence", "--mask", "none"],
 }

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-on", choices=("disagreement", "all"), default="disagreement",
                        help="choice: train on the instances whose target differs from A2's choice distribution "
                             "(plus as many others as anchors), or on all")
+    train.add_argument("--every-choice", action="store_true",
+                       help="token, multiple choice: distil on the text of every choice (what the gate compares), "
+                            "not only the gold answer's; pair it with --mask none or old-correct, which do not "
+                            "read the text as the right answer")
     train.add_argument("--add-modules", default="",
                        help="comma-separated modules the compatibility adapter adapts beyond A2's (same rank; "
                             "they start at zero, so training starts at A2), e.g. k_proj,o_proj,gate_proj,up_proj,down_proj")
@@ -173,6 +177,7 @@ def _train_config(args: argparse.Namespace):
                        temperature=args.temperature, ce_weight=args.ce_weight, old_target=args.old_target,
                        new_target=args.new_target,
                        ensemble_weight=args.ensemble_weight, focal_weight=args.focal_weight, train_on=args.train_on,
+                       every_choice=args.every_choice,
                        acc_tolerance=args.acc_tolerance, precompute_teachers=args.precompute_teachers,
                        top_k=args.top_k, cache=args.cache, no_cache=args.no_cache,
                        add_modules=tuple(_module_list(args.add_modules)), **common)

@@ -40,18 +40,25 @@ def continuation(task: TaskSpec, instance: Instance) -> str:
 
 
 def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_length: int,
-                   start_index: int = 0) -> list[Example]:
+                   start_index: int = 0, every_choice: bool = False) -> list[Example]:
     """Tokenise instances; sequences longer than max_length lose prompt tokens from the left
-    (as lm-eval truncates), then continuation tokens from the right, keeping ≥ 1 prompt token."""
+    (as lm-eval truncates), then continuation tokens from the right, keeping ≥ 1 prompt token.
+
+    ``every_choice`` (multiple choice): one example per choice, prompt + that choice, in choice
+    order, instead of one per instance with the gold choice. The gate decides on the log-likelihood
+    of every choice, so a teacher's token distributions on the wrong choices carry as much of its
+    decision as those on the gold one."""
     examples = []
-    for offset, inst in enumerate(instances):
-        [(ctx, cont)] = encode_request(tokenizer, inst.context, [continuation(task, inst)])
-        if not cont:
-            raise CompatInputError(f"task {task.name!r}: instance {inst.id!r} has an empty gold continuation; "
-                                   "fix its label/target in the train data")
-        cont = cont[: max_length - 1]
-        ctx = ctx[-(max_length - len(cont)):]
-        examples.append(Example(start_index + offset, ctx + cont, [IGNORE] * len(ctx) + cont, inst))
+    for inst in instances:
+        texts = ([task.delimiter + c for c in inst.choices] if every_choice and task.kind == "multiple_choice"
+                 else [continuation(task, inst)])
+        for ctx, cont in encode_request(tokenizer, inst.context, texts):
+            if not cont:
+                raise CompatInputError(f"task {task.name!r}: instance {inst.id!r} has an empty continuation; "
+                                       "fix its choices/label/target in the train data")
+            cont = cont[: max_length - 1]
+            ctx = ctx[-(max_length - len(cont)):]
+            examples.append(Example(start_index + len(examples), ctx + cont, [IGNORE] * len(ctx) + cont, inst))
     return examples
 
 

@@ -115,7 +115,9 @@ class TokenObjective:
         self.device = device
 
     def items(self, instances: list[Instance], start: int = 0, train: bool = False):
-        return build_examples(self.tokenizer, self.task, instances, self.config.max_length, start_index=start)
+        every_choice = self.teachers is not None and self.config.every_choice   # finetune: the gold answer
+        return build_examples(self.tokenizer, self.task, instances, self.config.max_length, start_index=start,
+                              every_choice=every_choice)
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         return collate(items, self.pad_id)
@@ -126,11 +128,10 @@ class TokenObjective:
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         import torch
 
-        from muscle.losses.token import muscle_loss, select_targets
+        from muscle.losses.token import muscle_loss, select_targets, target_logits
 
         batch = {key: value.to(self.device) for key, value in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        student, targets, sequence = select_targets(logits, batch["labels"])
+        student, (targets, sequence) = target_logits(model, batch), select_targets(batch["labels"])
         if self.teachers is None:
             ce = torch.nn.functional.cross_entropy(student.float(), targets)
             return ce, {"loss": ce.item()}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from muscle.data import Example, collate
-from muscle.losses.token import TopKLogits, select_targets
+from muscle.losses.token import TopKLogits, select_targets, target_logits
 from pytest_modelcompat import atomic_write
 
 if TYPE_CHECKING:
@@ -23,8 +23,8 @@ FIELDS = ("logits", "indices", "log_normalizer", "gold_logit")
 
 
 def teacher_logits(model, batch: dict[str, torch.Tensor], adapter: str | None = None) -> torch.Tensor:
-    """A frozen teacher's logits [B, L, V] on a training batch (``adapter`` picks one of several
-    adapters loaded on a shared base, without touching the student's active adapter)."""
+    """A frozen teacher's logits [N, V] at the batch's target positions (``adapter`` picks one of
+    several adapters loaded on a shared base, without touching the student's active adapter)."""
     import torch
 
     kwargs = {"adapter_names": [adapter] * len(batch["input_ids"])} if adapter else {}
@@ -32,36 +32,38 @@ def teacher_logits(model, batch: dict[str, torch.Tensor], adapter: str | None = 
     model.eval()  # PEFT's per-sample adapter routing requires eval mode; teachers run without dropout
     try:
         with torch.no_grad():
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+            return target_logits(model, batch, **kwargs)
     finally:
         model.train(was_training)
 
 
 def precompute(model, examples: list[Example], path: Path, *, k: int, batch_size: int, pad_id: int,
                device, adapter: str | None = None, progress=None) -> None:
-    """Write the teacher's top-k store for ``examples`` (indexed by ``Example.index``) to ``path``."""
+    """Write the teacher's top-k store for ``examples`` (indexed by ``Example.index``) to ``path``.
+
+    Batches are formed from length-sorted examples (teacher passes are order-free, so padding is
+    only what a batch of near-equal lengths needs); the store is laid out in index order."""
     import torch
     from safetensors.torch import save
 
-    order = sorted(examples, key=lambda e: e.index)
-    if [e.index for e in order] != list(range(len(order))):
+    if sorted(e.index for e in examples) != list(range(len(examples))):
         raise ValueError("precompute needs examples indexed 0..n-1")
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in FIELDS}
-    counts = []
-    task = progress.add_task("teacher logits", total=len(order)) if progress else None
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    by_length = sorted(examples, key=lambda e: (len(e.input_ids), e.index))
+    per_example: list[TopKLogits | None] = [None] * len(examples)
+    task = progress.add_task("teacher logits", total=len(examples)) if progress else None
+    for start in range(0, len(by_length), batch_size):
+        chunk = by_length[start:start + batch_size]
         batch = {key: value.to(device) for key, value in collate(chunk, pad_id).items()}
-        logits, targets, _ = select_targets(teacher_logits(model, batch, adapter), batch["labels"])
+        logits, (targets, sequence) = teacher_logits(model, batch, adapter), select_targets(batch["labels"])
         top = TopKLogits.from_logits(logits.float(), targets, k)
-        for name in FIELDS:
-            parts[name].append(getattr(top, name).cpu())
-        counts.extend(int(n) for n in (batch["labels"][:, 1:] != -100).sum(1))
+        for row, example in enumerate(chunk):
+            rows = (sequence == row).nonzero()[:, 0]
+            per_example[example.index] = TopKLogits(*(getattr(top, name)[rows].cpu() for name in FIELDS))
         if progress:
             progress.advance(task, len(chunk))
-    offsets = torch.tensor([0] + counts).cumsum(0)
-    tensors = {name: torch.cat(parts[name]).contiguous() for name in FIELDS} | {"offsets": offsets}
-    atomic_write(path, save(tensors))
+    offsets = torch.tensor([0] + [len(top.gold_logit) for top in per_example]).cumsum(0)
+    tensors = {name: torch.cat([getattr(top, name) for top in per_example]).contiguous() for name in FIELDS}
+    atomic_write(path, save(tensors | {"offsets": offsets}))
 
 
 class TeacherStore:

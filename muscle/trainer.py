@@ -80,6 +80,7 @@ class TrainConfig:
     ensemble_weight: float = 0.7        # M1's share in the ensemble
     focal_weight: float = 0.0           # choice/sequence: extra weight on instances M1 gets right
     train_on: str = "disagreement"      # choice: instances with something to teach (+ anchors), or "all"
+    every_choice: bool = False          # token on multiple choice: distil on every choice's text, not the gold's only
     acc_tolerance: float = 0.005        # selection: accuracy (score) may drop this much below epoch 0's
     select: Literal["nfr", "loss"] | None = None   # default: nfr for train, loss for finetune
     precompute_teachers: bool = False
@@ -256,7 +257,7 @@ class Recipe:
                                                   model_config=unwrap(self.model).config)
             return objectives.SequenceObjective(config, self.task, self.tokenizer, self.pad_id, teachers, self.device)
         # token: M1 resident on its own base (or precomputed below), M2 as a frozen adapter on ours
-        from muscle.losses.token import select_targets
+        from muscle.losses.token import needs_new_teacher
         from muscle.teachers import teacher_logits
         from pytest_modelcompat import load_stack
 
@@ -265,32 +266,38 @@ class Recipe:
         self.teacher_mode = "resident"
 
         def resident(model, batch):
-            labels = batch["labels"]
-            return (select_targets(teacher_logits(self.old_model, batch), labels)[0],
-                    select_targets(teacher_logits(unwrap(model), batch, NEW_TEACHER), labels)[0])
+            new = teacher_logits(unwrap(model), batch, NEW_TEACHER) if needs_new_teacher(config.mask) else None
+            return teacher_logits(self.old_model, batch), new
 
         return objectives.TokenObjective(config, self.task, self.tokenizer, self.pad_id, teachers=resident,
                                          device=self.device)
 
     def _attach_teacher_stores(self, examples) -> None:
-        """Token objective with --precompute-teachers: both teachers' top-k logits to disk once, then
-        M1 and the second adapter are freed, so training holds only the student."""
+        """Token objective with --precompute-teachers: the teachers' top-k logits to disk once (M2's
+        only where the mask can pick it), then M1 and the second adapter are freed, so training
+        holds only the student."""
         if not (self.config.objective == "token" and self.config.precompute_teachers):
             return
+        from muscle.losses.token import needs_new_teacher
         from muscle.teachers import TeacherStore, precompute
 
-        paths = (self.work / "teacher-m1.safetensors", self.work / "teacher-m2.safetensors")
+        teachers = [(self.work / "teacher-m1.safetensors", self.old_model, None)]
+        if needs_new_teacher(self.config.mask):
+            teachers.append((self.work / "teacher-m2.safetensors", self.model, NEW_TEACHER))
         if self.main:
-            for path, model, adapter in zip(paths, (self.old_model, self.model), (None, NEW_TEACHER), strict=True):
+            for path, model, adapter in teachers:
                 if not path.exists():  # a resumed run reuses them (the work dir is this run's: run.json)
                     precompute(model, examples, path, k=self.config.top_k, batch_size=self.config.batch_size,
                                pad_id=self.pad_id, device=self.device, adapter=adapter, progress=self.progress)
         self.accelerator.wait_for_everyone()
-        stores = tuple(TeacherStore(path) for path in paths)
+        stores = [TeacherStore(path) for path, _, _ in teachers]
+        old, new = stores[0], stores[1] if len(stores) == 2 else None
         self.old_model = None
         gc.collect()
-        self.model.delete_adapter(NEW_TEACHER)
-        self.objective.teachers = lambda model, batch: tuple(s.batch(batch["index"], self.device) for s in stores)
+        if new is not None:
+            self.model.delete_adapter(NEW_TEACHER)
+        self.objective.teachers = lambda model, batch: (
+            old.batch(batch["index"], self.device), new.batch(batch["index"], self.device) if new else None)
         self.teacher_mode = "precomputed"
 
     # ------------------------------------------------------------------------------- one epoch
@@ -442,6 +449,9 @@ def preflight(config: TrainConfig):
         config = dataclasses.replace(config, objective=objective, mask=config.mask or DEFAULT_MASK[objective],
                                      old_target=config.old_target or DEFAULT_OLD_TARGET[objective])
         check_objective(objective, config.mask, task.kind, task.name, (config.old_target, config.new_target))
+        if config.every_choice and (objective != "token" or task.kind != "multiple_choice"):
+            raise CompatInputError("--every-choice applies to --objective token on a multiple-choice task; "
+                                   f"drop it for --objective {objective} on {task.name!r} ({task.kind})")
         _check_stacks(config)
     return config, task
 
@@ -522,6 +532,7 @@ def _student(config: TrainConfig, device: str):
     """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
     from peft import LoraConfig, get_peft_model
 
+    from muscle.losses.token import needs_new_teacher
     from pytest_modelcompat import attach_adapter, load_base, quiet_third_party_output, read_adapter_config
 
     quiet_third_party_output()
@@ -544,7 +555,7 @@ def _student(config: TrainConfig, device: str):
     # The output adapter names the base it was trained on (A2's config may name its base otherwise);
     # PEFT also reads it when saving, to check the vocabulary.
     model.peft_config[STUDENT].base_model_name_or_path = model.base_model.model.name_or_path
-    if config.objective == "token":
+    if config.objective == "token" and needs_new_teacher(config.mask):
         attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
     return model, tokenizer, model.base_model.model.name_or_path
 

@@ -30,6 +30,19 @@ def test_multiple_choice_example_is_context_plus_gold_choice_with_loss_on_choice
     assert ex.labels == [IGNORE] * len(ctx) + cont
 
 
+def test_every_choice_gives_one_example_per_choice_in_choice_order_with_running_indices(tokenizer):
+    insts = [Instance(id="0", context="The cat sat on the", choices=("dog", "mat", "hat"), gold=1, doc={}),
+             Instance(id="1", context="Birds can", choices=("fly", "swim"), gold=0, doc={})]
+    examples = build_examples(tokenizer, _task("multiple_choice"), insts, max_length=64, start_index=10,
+                              every_choice=True)
+    assert [e.index for e in examples] == [10, 11, 12, 13, 14]
+    assert [e.instance.id for e in examples] == ["0", "0", "0", "1", "1"]
+    pairs = encode_request(tokenizer, insts[0].context, [" dog", " mat", " hat"])
+    for ex, (ctx, cont) in zip(examples[:3], pairs, strict=True):
+        assert ex.input_ids == ctx + cont
+        assert ex.labels == [IGNORE] * len(ctx) + cont
+
+
 def test_empty_context_trains_on_every_text_token(tokenizer):
     inst = Instance(id="0", context="", choices=None, gold="The cat sat on the mat.", doc={})
     [ex] = build_examples(tokenizer, _task("generative", delimiter=""), [inst], max_length=64)

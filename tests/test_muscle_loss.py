@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from muscle.losses.token import TopKLogits, compatibility_mask, kl_to_student, muscle_loss, select_targets
+from muscle.losses.token import (
+    TopKLogits,
+    compatibility_mask,
+    kl_to_student,
+    muscle_loss,
+    scored_positions,
+    select_targets,
+    target_logits,
+)
 
 LN3 = math.log(3)
 
@@ -74,17 +82,29 @@ def test_old_correct_and_none_masks():
         compatibility_mask("nope", student, old, targets, seq)
 
 
-def test_padding_and_prompt_positions_are_ignored():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 4, 5, dtype=torch.float64)
+def test_targets_skip_prompt_and_padding_positions():
     labels = torch.tensor([[-100, -100, 3, 1], [-100, 2, -100, -100]])   # row 1 is right-padded
-    sel, targets, seq = select_targets(logits, labels)
+    assert scored_positions(labels).tolist() == [[False, True, True, False], [True, False, False, False]]
+    targets, seq = select_targets(labels)
     assert targets.tolist() == [3, 1, 2] and seq.tolist() == [0, 0, 1]
-    assert torch.equal(sel, torch.stack([logits[0, 1], logits[0, 2], logits[1, 0]]))
-    garbage = logits.clone()
-    garbage[1, 1:] = 1e4                         # positions whose next label is padding
-    garbage[:, -1] = -1e4                        # the last position predicts nothing
-    assert torch.equal(select_targets(garbage, labels)[0], sel)
+
+
+def test_target_logits_are_the_full_logits_at_the_positions_that_predict_targets(tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:] = ids[0, 3:]          # row 0: three prompt tokens, three targets
+    labels[1, 1:3] = ids[1, 1:3]        # row 1: two targets, then right padding
+    attention = (torch.arange(6)[None] < torch.tensor([[6], [3]])).long()
+    batch = {"input_ids": ids, "attention_mask": attention, "labels": labels}
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=attention).logits
+        kept = target_logits(model, batch)
+    expected = torch.stack([full[0, 2], full[0, 3], full[0, 4], full[1, 0], full[1, 1]])
+    torch.testing.assert_close(kept, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_topk_equals_full_when_k_is_vocab_and_renormalises_when_smaller():
@@ -109,3 +129,13 @@ def test_gradient_reaches_the_student():
     loss, _ = muscle_loss(student, torch.tensor([0]), torch.tensor([0]), teacher, teacher)
     loss.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_mask_none_never_reads_the_new_teacher():
+    torch.manual_seed(0)
+    student, old, new = (torch.randn(5, 7, dtype=torch.float64) for _ in range(3))
+    targets, seq = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 0, 1, 1, 1])
+    with_new, _ = muscle_loss(student, targets, seq, old, new, mask="none")
+    without, _ = muscle_loss(student, targets, seq, old, None, mask="none")
+    assert without.item() == pytest.approx(with_new.item())
+    assert without.item() == pytest.approx(kl_to_student(old, student, 2.0).mean().item())

@@ -243,6 +243,8 @@ def test_two_process_accelerate_run(task_dir, tiny_base, tmp_path):
     (["--task", "pick", "--objective", "sequence"], "use --objective token or choice"),
     (["--task", "say", "--objective", "sequence", "--mask", "ll-seq"], "use --mask paper, old-correct, none"),
     (["--task", "pick", "--ensemble-weight", "1.5"], "--ensemble-weight must be between 0 and 1"),
+    (["--task", "pick", "--every-choice"], "--every-choice applies to --objective token"),
+    (["--task", "say", "--objective", "token", "--every-choice"], "--every-choice applies to --objective token"),
     (["--task", "nolabel"], "label"),
 ])
 def test_bad_input_is_one_line_and_exit_2(task_dir, adapters, tmp_path, capsys, argv, message):

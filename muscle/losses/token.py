@@ -1,7 +1,8 @@
 r"""The ``token`` objective: the MUSCLE paper's loss (arXiv 2407.09435) and its mask strategies.
 
-Everything here works on *target tokens only*: ``select_targets`` turns a batch of causal-LM logits
-and labels (``-100`` = prompt or padding) into one row per target token, so padding never enters.
+Everything here works on *target tokens only*: ``target_logits`` runs a causal LM with its head only
+at the positions that predict a target token (labels ``-100`` = prompt or padding never enter), one
+row per target token; ``select_targets`` gives those tokens and their rows.
 For target token i with gold token y_i, student logits z_S, teacher logits z_M1 (old stack) and
 z_M2 (new stack), and temperature T:
 
@@ -58,15 +59,29 @@ class TopKLogits:
 Teacher = torch.Tensor | TopKLogits
 
 
-def select_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Causal-LM logits [B, L, V] and labels [B, L] → (logits [N, V], targets [N], sequence [N]).
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: position t is kept when it predicts a target token (labels[t + 1] ≠ -100)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
 
-    Position t predicts labels[t + 1]; positions whose next label is -100 are dropped.
-    """
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    keep = labels != -100
-    sequence = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
-    return logits[keep], labels[keep], sequence[keep]
+
+def select_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets [N], sequence [N]): the target tokens of a batch and the row each belongs to, in
+    the row-major order of ``scored_positions`` — the order of ``target_logits``' rows."""
+    keep = scored_positions(labels)[:, :-1]
+    sequence = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(keep)
+    return labels[:, 1:][keep], sequence[keep]
+
+
+def target_logits(model, batch: dict[str, torch.Tensor], **forward_kwargs) -> torch.Tensor:
+    """A causal LM's logits at the target positions only, [N, V] in ``select_targets``' order.
+
+    The LM head (V = 49k for SmolLM2, 262k for Gemma-3) never runs on prompt or padding positions,
+    so its time and memory scale with the answer tokens, not the whole batch (``logits_to_keep``
+    as a boolean mask, as the gate's scoring engine does)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 logits_to_keep=scored_positions(batch["labels"]), **forward_kwargs).logits
 
 
 def kl_to_student(teacher: Teacher, student: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -115,14 +130,21 @@ def compatibility_mask(mask: str, student: torch.Tensor, old: Teacher, targets: 
     return m.to(student.dtype)
 
 
+def needs_new_teacher(mask: str) -> bool:
+    """Mask ``none`` gives the new side a weight of 0 on every token: M2 need not run at all."""
+    return mask != "none"
+
+
 def muscle_loss(student: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, old: Teacher,
-                new: Teacher, *, mask: str = "paper", temperature: float = 2.0,
+                new: Teacher | None, *, mask: str = "paper", temperature: float = 2.0,
                 ce_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss above over N target tokens; returns (loss, stats for logging)."""
+    """The loss above over N target tokens; returns (loss, stats for logging). ``new`` may be None
+    only where ``needs_new_teacher(mask)`` is false."""
     m = compatibility_mask(mask, student.detach(), old, targets, sequence)
-    a_old = kl_to_student(old, student, temperature)
-    a_new = kl_to_student(new, student, temperature)
-    comp = (m * a_old + (1 - m) * a_new).mean()
+    weighted = m * kl_to_student(old, student, temperature)
+    if needs_new_teacher(mask):
+        weighted = weighted + (1 - m) * kl_to_student(new, student, temperature)
+    comp = weighted.mean()
     ce = F.cross_entropy(student, targets)
     loss = (1 - ce_weight) * comp + ce_weight * ce if ce_weight else comp
     return loss, {"loss": loss.item(), "kl": comp.item(), "ce": ce.item(), "mask_old": m.mean().item()}
