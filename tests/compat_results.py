@@ -59,7 +59,7 @@ def generative_result(name: str, rows: list[tuple[str, str, str, float, float]],
 
 
 def sample_records() -> list[dict]:
-    """A failing multiple-choice task (with hostile model text) and a passing generative task."""
+    """A failing multiple-choice task and a passing generative task, both with hostile model text."""
     from pytest_modelcompat.report.records import muscle_train_command, task_record
 
     # 10 instances: 6 both correct, 2 negative flips, 1 positive flip, 1 both wrong the same way.
@@ -71,7 +71,7 @@ def sample_records() -> list[dict]:
     samsum = generative_result("samsum", [
         ("Anna meets Bob.", "Anna and Bob meet for lunch.", "Anna and Bob meet for lunch.", 0.5, 1.0),
         ("Bob is late.", "Bob.", "Bob is late again.", 0.8, 0.4),
-        ("They talk.", "They talk.", "They chat.", 0.0, 0.0),
+        ("They talk.", f"They talk. {XSS_SCRIPT}", "They chat.", 0.0, 0.0),
     ], {"max_nfr_smooth": 0.5})
     return [
         task_record(result, OLD, NEW, nodeid=f"tests/modelcompat.yaml::{result.task.name}",

@@ -195,7 +195,7 @@ def test_reports_show_margins_and_unstable_flips():
     table = terminal_table([record], width=240, color=False)
     assert "unstable flips" in table
     page = render_html(report, [record])
-    assert '"unstable": true' in page and "(unstable)" in page
+    assert 'class="negative_flip unstable"' in page and "negative_flip (unstable)" in page
 
 
 def test_counted_unstable_flips_say_how_to_leave_them_out():

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
+from xml.etree import ElementTree
 
 import jsonschema
 import pytest
 
 from pytest_modelcompat.report.files import write_reports
-from pytest_modelcompat.report.html_page import render_html
+from pytest_modelcompat.report.histogram import (
+    GAIN_COLOR,
+    MAX_BINS,
+    REGRESSION_COLOR,
+    delta_histogram,
+    histogram_svg,
+)
+from pytest_modelcompat.report.html_page import quadrant_matrix, render_html
 from pytest_modelcompat.report.markdown import md_cell, render_markdown
 from pytest_modelcompat.report.records import build_report, muscle_train_command, schema_path
 from pytest_modelcompat.report.terminal import terminal_table
 from pytest_modelcompat.report.verdict import verdict_message
+from pytest_modelcompat.report.word_diff import word_diff_html
 from tests.compat_results import XSS_IMG, XSS_SCRIPT, sample_records
 
 
@@ -106,10 +117,88 @@ def test_markdown_escapes_model_text_for_tables(records):
 def test_html_is_self_contained_and_escapes_model_text(records):
     page = render_html(build_report(records), records)
     assert XSS_SCRIPT not in page and XSS_IMG not in page and "<img" not in page
-    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in page      # inside the JSON data
+    # an input prompt (piqa) and a generation inside the word diff (samsum), as text
+    assert "Question 6: &lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "They talk. <ins>&lt;script&gt;alert(1)&lt;/script&gt;</ins>" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)   # nothing fetched
     assert "default-src 'none'" in page
-    assert page.count("<script") == 2            # the JSON data block and the page's own script
+    assert page.count("<script") == 1            # the page's own script
+    assert page.count('<svg class="histogram"') == 1     # samsum's D(x); piqa is not generative
+
+
+def test_html_lists_instances_in_review_order(records):
+    page = render_html(build_report(records), records)
+    piqa_ids = re.findall(r'<tr class="[^"]*" data-quadrant="[^"]*">\s*<td>(\w+)</td>', page)[:10]
+    assert piqa_ids == ["6", "7", "8", "9", "0", "1", "2", "3", "4", "5"]    # negative flips first
+
+
+def matrix_counts(entry) -> dict[str, list[tuple[str, int]]]:
+    return {label: [(cell["quadrants"], cell["count"]) for cell in cells]
+            for label, cells in quadrant_matrix(entry)["rows"]}
+
+
+def test_quadrant_matrix_counts_each_cell_and_names_what_it_filters(records):
+    piqa, samsum = build_report(records)["tasks"]
+    assert quadrant_matrix(piqa)["columns"] == ["new right", "new wrong"]
+    assert matrix_counts(piqa) == {"old right": [("both_correct", 6), ("negative_flip", 2)],
+                                   "old wrong": [("positive_flip", 1), ("both_wrong_same both_wrong_diff", 1)]}
+    assert quadrant_matrix(piqa)["rows"][1][1][1]["note"] == "1 same answer, 0 different"
+    # generative tasks have no right or wrong: one row by the sign of D(x)
+    assert matrix_counts(samsum) == {"similarity to gold": [("negative_flip", 1), ("unchanged", 1),
+                                                            ("positive_flip", 1)]}
+
+
+def test_word_diff_marks_removed_and_added_words():
+    assert word_diff_html("the cat sat on the mat", "the dog sat on a mat") == (
+        "the <del>cat</del> <ins>dog</ins> sat on <del>the</del> <ins>a</ins> mat")
+    assert word_diff_html("Bob is  late.", "Bob is late.\n") == "Bob is late."    # spacing is no difference
+    assert word_diff_html("", "new words") == "<ins>new words</ins>"
+    assert word_diff_html("old words", "") == "<del>old words</del>"
+
+
+def test_word_diff_escapes_every_word_of_model_text():
+    diff = word_diff_html(f"{XSS_SCRIPT} same <b>", f"{XSS_IMG} same <b>")
+    assert diff == ("<del>&lt;script&gt;alert(1)&lt;/script&gt;</del> "
+                    "<ins>&#34;&gt;&lt;img src=x onerror=alert(1)&gt;</ins> same &lt;b&gt;")
+
+
+def test_delta_histogram_bins_the_data_range_with_zero_as_an_edge():
+    # 2 nonzero D -> ⌈√2⌉ = 2 bins of width (0.5 − (−0.4)) / 2 = 0.45, shifted so that 0 is an edge:
+    # [−0.45, 0) holds −0.4, (0, 0.45] nothing, (0.45, 0.9] holds 0.5; D = 0 is left out.
+    bins = delta_histogram([0.5, -0.4, 0.0])
+    assert [bin_.count for bin_ in bins] == [1, 0, 1]
+    assert [bin_.low for bin_ in bins] == pytest.approx([-0.45, 0.0, 0.45])
+    assert [bin_.high for bin_ in bins] == pytest.approx([0.0, 0.45, 0.9])
+    # an edge value belongs to the bin on its own side of 0
+    assert [bin_.count for bin_ in delta_histogram([-0.45, 0.45])] == [1, 1]
+    assert delta_histogram([0.2, 0.2]) == ((0.0, 0.2, 2),)
+    assert delta_histogram([0.0, 0.0]) == ()
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 5000])
+def test_delta_histogram_counts_every_change_without_mixing_signs(n):
+    rng = random.Random(n)
+    # wide, skewed and tiny changes, and unchanged instances
+    deltas = [draw() for draw in (lambda: rng.uniform(-1, 1), lambda: rng.uniform(-0.01, 0.3),
+                                  lambda: rng.uniform(-1e-9, 1e-9), lambda: 0.0) for _ in range(n)]
+    changes = [delta for delta in deltas if delta != 0]
+    bins = delta_histogram(deltas)
+    assert sum(bin_.count for bin_ in bins) == len(changes)
+    assert all(bin_.high <= 0 or bin_.low >= 0 for bin_ in bins)
+    assert len(bins) <= min(MAX_BINS, math.ceil(math.sqrt(len(changes)))) + 1
+    assert bins[0].low <= min(changes) and max(changes) <= bins[-1].high
+
+
+def test_histogram_svg_draws_a_bar_per_bin_with_instances():
+    # bins [−0.45, 0): 2, (0, 0.45]: 0, (0.45, 0.9]: 1 (as above)
+    svg = ElementTree.fromstring(str(histogram_svg(delta_histogram([0.5, -0.4, -0.3, 0.0]))))
+    bars = svg.findall("rect")
+    assert [bar.get("fill") for bar in bars] == [REGRESSION_COLOR, GAIN_COLOR]
+    assert [bar.findtext("title") for bar in bars] == ["D in [-0.45, 0): 2 instances", "D in (0.45, 0.9]: 1 instance"]
+    assert float(bars[1].get("height")) == pytest.approx(float(bars[0].get("height")) / 2, abs=0.1)
+    assert [text.text for text in svg.findall("text")][:3] == ["-0.45", "0", "0.9"]     # the D axis
+    with pytest.raises(ValueError):
+        histogram_svg(())
 
 
 def test_terminal_table_has_a_row_per_task(records):

@@ -1,6 +1,6 @@
 """Formatting every view of a report shares (terminal table, report.md, report.html, verdicts):
 numbers, excerpts, the summary row of a task, Δ with its interval, margins, unstable flips and
-the top negative flips."""
+the order instances are reviewed in and the top negative flips."""
 
 from __future__ import annotations
 
@@ -65,14 +65,31 @@ def delta_text(entry: Mapping[str, Any], digits: int = 3) -> str:
     return text if interval is None else f"{text} [{fmt_delta(interval[0], digits)}, {fmt_delta(interval[1], digits)}]"
 
 
+def score_change(instance: Mapping[str, Any]) -> float | None:
+    """D(x) = S(new) − S(old) of a generative instance (report.json keeps the similarities as the
+    predictions' ``score``); None when either is missing."""
+    old, new = instance["old"]["score"], instance["new"]["score"]
+    return None if old is None or new is None else new - old
+
+
+# The order a reviewer reads a task's instances in: what broke, what improved, what changed while
+# wrong, then what stayed the same.
+REVIEW_ORDER = ("negative_flip", "positive_flip", "both_wrong_diff", "both_wrong_same", "both_correct", "unchanged")
+
+
+def review_key(entry: Mapping[str, Any], instance: Mapping[str, Any]) -> tuple[int, bool, float]:
+    """Sort key of an instance for review: its quadrant in REVIEW_ORDER, stable flips before
+    unstable ones, on generative tasks the larger |D(x)| first; otherwise data order (sorts are stable)."""
+    change = score_change(instance) if is_generative(entry) else None
+    return REVIEW_ORDER.index(instance["quadrant"]), bool(instance.get("unstable")), -abs(change or 0.0)
+
+
 def top_negative_flips(record: Mapping[str, Any], k: int = TOP_FLIPS) -> list[tuple[dict, dict]]:
-    """Up to ``k`` negative flips as (instance entry, details): stable ones before unstable ones;
-    generative: largest drop first."""
+    """Up to ``k`` negative flips as (instance entry, details) in review order: stable ones before
+    unstable ones; generative: largest drop first."""
     flips = [(instance, detail) for instance, detail in zip(record["entry"]["instances"], record["details"])
              if instance["quadrant"] == "negative_flip"]
-    if is_generative(record["entry"]):
-        flips.sort(key=lambda flip: (flip[0]["new"]["score"] or 0.0) - (flip[0]["old"]["score"] or 0.0))
-    flips.sort(key=lambda flip: bool(flip[0].get("unstable")))
+    flips.sort(key=lambda flip: review_key(record["entry"], flip[0]))
     return flips[:k]
 
 
@@ -80,8 +97,8 @@ def margin_text(entry: Mapping[str, Any], instance: Mapping[str, Any], digits: i
     """An instance's margins as a human reads them: multiple choice "old 0.412 / new 0.050", a
     generative flip "|D| 0.400"; "unstable" appended for an unstable flip; "" when undefined."""
     if is_generative(entry):
-        old, new = instance["old"]["score"], instance["new"]["score"]
-        text = "" if old is None or new is None or old == new else f"|D| {abs(new - old):.{digits}f}"
+        change = score_change(instance)
+        text = "" if not change else f"|D| {abs(change):.{digits}f}"
     else:
         old, new = instance["old"].get("margin"), instance["new"].get("margin")
         text = "" if old is None and new is None else f"old {fmt(old, digits)} / new {fmt(new, digits)}"
@@ -102,6 +119,12 @@ def unstable_line(entry: Mapping[str, Any]) -> str | None:
            else "counted by the gate (gate key exclude_unstable: true leaves them out)")
     return (f"  unstable flips: {count} of {flips} ({m.get('unstable_negative_flips', 0)} negative): "
             f"{side} below the noise margin {fmt(m.get('noise_margin'), 4)}; {how}")
+
+
+def gate_headline(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The run's verdict in a few words, as report.md and report.html head it."""
+    failed = sum(not entry["gate"]["passed"] for entry in entries)
+    return f"gate FAILED ({failed} of {len(entries)} tasks)" if failed else f"gate passed ({len(entries)} tasks)"
 
 
 def batch_invariance_text(report: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pytest_modelcompat.report.formatting import (
     batch_invariance_text,
+    gate_headline,
     margin_text,
     summary_row,
     top_negative_flips,
@@ -36,10 +37,8 @@ def render_markdown(report: Mapping[str, Any], records: Sequence[Mapping[str, An
     """report.md: sized for a PR comment — the summary table and the top flips of each task."""
     records = sorted_records(records)
     rows = [summary_row(record["entry"]) for record in records]
-    failed = [row["task"] for row in rows if row["gate"] == "FAIL"]
     lines = [
-        "## modelcompat: " + (f"gate FAILED ({len(failed)} of {len(rows)} tasks)" if failed
-                              else f"gate passed ({len(rows)} tasks)"),
+        "## modelcompat: " + gate_headline([record["entry"] for record in records]),
         "",
         f"old: `{md_cell(report['old']['adapter'])}` on `{md_cell(report['old']['base'])}` · "
         f"new: `{md_cell(report['new']['adapter'])}` on `{md_cell(report['new']['base'])}`",
