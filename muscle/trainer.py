@@ -457,13 +457,19 @@ def preflight(config: TrainConfig):
 
 
 def _check_stacks(config: TrainConfig) -> None:
-    from pytest_modelcompat import check_stack_files, load_tokenizer
+    from pytest_modelcompat import check_stack_files, linear_module_names, load_tokenizer
 
     old_base, new_base = (
         check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
         for which, adapter, base in (("old", config.old_adapter, config.old_base),
                                      ("new", config.new_adapter, config.base))
     )
+    if config.add_modules:
+        linear = linear_module_names(new_base, trust_remote_code=config.trust_remote_code)
+        unknown = sorted(set(config.add_modules) - linear) if linear is not None else []
+        if unknown:
+            raise CompatInputError(f"--add-modules: the new base has no linear layer named {', '.join(unknown)}; "
+                                   f"choose among {', '.join(sorted(linear))}")
     if config.objective != "token":
         return  # choice/sequence learn from predictions: the stacks may tokenize differently
     # Before the adapters: an adapter on lm_head would otherwise fail first, as a shape error.

@@ -244,6 +244,7 @@ def test_two_process_accelerate_run(task_dir, tiny_base, tmp_path):
     (["--task", "say", "--objective", "sequence", "--mask", "ll-seq"], "use --mask paper, old-correct, none"),
     (["--task", "pick", "--ensemble-weight", "1.5"], "--ensemble-weight must be between 0 and 1"),
     (["--task", "pick", "--every-choice"], "--every-choice applies to --objective token"),
+    (["--task", "pick", "--add-modules", "k_proj,not_a_layer"], "no linear layer named not_a_layer"),
     (["--task", "say", "--objective", "token", "--every-choice"], "--every-choice applies to --objective token"),
     (["--task", "nolabel"], "label"),
 ])

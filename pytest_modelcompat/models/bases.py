@@ -114,6 +114,25 @@ def load_tokenizer(base: str | os.PathLike, *, trust_remote_code: bool = False):
     return _tokenizer_from(*base_source(base), trust_remote_code)
 
 
+def linear_module_names(base: str | os.PathLike, *, trust_remote_code: bool = False) -> set[str] | None:
+    """The names (last component, as PEFT's ``target_modules`` match them) of the base's linear
+    layers, from a meta-device skeleton of its config: no weights are read. None when the config
+    cannot be read without loading (a hub name not in the local cache)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    reference, load_from = base_source(base)
+    try:
+        config = AutoConfig.from_pretrained(load_from, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return {name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules()
+            if isinstance(module, torch.nn.Linear)}
+
+
 def load_base(base: str | os.PathLike, *, device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE,
               allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load a base model and its tokenizer; return ``(model, tokenizer, base_fingerprint)``.
