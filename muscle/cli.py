@@ -55,9 +55,12 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt cut from the left)")
     p.add_argument("--seed", type=int, default=0, help="seeds the 80/20 split, shuffling and init")
     p.add_argument("--limit", type=int, help="use only the first N rows of the train file")
+    p.add_argument("--val-rows", type=int,
+                   help="validation rows drawn (seeded) from those, the rest trains (default: 20%%); "
+                        "validation only scores, so a larger one makes epoch selection less noisy")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in .OUT.work/")
     p.add_argument("--select", choices=("nfr", "loss"),
-                   help="epoch selection on the 20%% validation split (train: nfr vs M1, finetune: loss)")
+                   help="epoch selection on the validation split (train: nfr vs M1, finetune: loss)")
     p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                    help="auto: CUDA when available")
     p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE, help="weights and compute dtype")
@@ -167,6 +170,7 @@ def _train_config(args: argparse.Namespace):
 
     common = dict(suite=args.suite, task=args.task, output=args.output, epochs=args.epochs, lr=args.lr,
                   batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, limit=args.limit,
+                  val_rows=args.val_rows,
                   resume=args.resume, select=args.select, device=args.device, dtype=args.dtype,
                   allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     if args.command == "finetune":

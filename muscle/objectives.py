@@ -115,7 +115,8 @@ class TokenObjective:
         self.device = device
 
     def items(self, instances: list[Instance], start: int = 0, train: bool = False):
-        every_choice = self.teachers is not None and self.config.every_choice   # finetune: the gold answer
+        # --every-choice widens training only; the validation loss stays the paper's, on gold answers
+        every_choice = train and self.teachers is not None and self.config.every_choice
         return build_examples(self.tokenizer, self.task, instances, self.config.max_length, start_index=start,
                               every_choice=every_choice)
 

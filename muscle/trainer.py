@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     limit: int | None = None            # first N rows of the train file
+    val_rows: int | None = None         # validation rows of those (None: 20 %)
     objective: str | None = None        # train: token | choice | sequence (None: the task kind's default)
     mask: str | None = None             # None: the objective's default (objectives.DEFAULT_MASK)
     temperature: float = 2.0
@@ -184,7 +185,7 @@ class Recipe:
         instances = _train_instances(self.task, config)
         resuming = _claim_work_dir(self.work, config, self.task, self.main)
         self.accelerator.wait_for_everyone()
-        self.train_inst, self.val_inst = split_train_val(instances, config.seed)
+        self.train_inst, self.val_inst = split_train_val(instances, config.seed, config.val_rows)
 
         # The teachers' predictions come first (from the result cache, or by loading each teacher alone
         # and freeing it), so no teacher is ever resident beside the student.
@@ -435,8 +436,9 @@ def preflight(config: TrainConfig):
         raise CompatInputError("--focal-weight and --acc-tolerance must be zero or positive")
     if config.temperature <= 0 or config.learning_rate() <= 0:
         raise CompatInputError("--temperature and --lr must be positive")
-    if config.limit is not None and config.limit < 1:
-        raise CompatInputError(f"--limit must be a positive integer, got {config.limit}")
+    for name in ("limit", "val_rows"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
     check_writable_dir(config.output, "--output")
     if config.cache and not config.no_cache:
         check_writable_dir(config.cache, "--cache")

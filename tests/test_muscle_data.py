@@ -67,8 +67,17 @@ def test_split_is_seeded_disjoint_and_80_20():
     assert {i.id for i in train}.isdisjoint({i.id for i in val})
     assert split_train_val(instances, seed=7) == (train, val)
     assert split_train_val(instances, seed=8)[1] != val
-    with pytest.raises(CompatInputError, match="at least 2"):
+    with pytest.raises(CompatInputError, match="at least 1 to train on"):
         split_train_val(instances[:1], seed=0)
+
+
+def test_val_rows_sets_the_validation_size():
+    instances = [Instance(id=str(i), context="c", choices=None, gold="g", doc={}) for i in range(50)]
+    train, val = split_train_val(instances, seed=7, val_rows=30)
+    assert (len(train), len(val)) == (20, 30)
+    assert {i.id for i in train} | {i.id for i in val} == {i.id for i in instances}
+    with pytest.raises(CompatInputError, match="--val-rows"):
+        split_train_val(instances, seed=7, val_rows=50)
 
 
 def test_collate_pads_right_with_ignored_labels(tokenizer):
