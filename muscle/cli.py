@@ -17,6 +17,7 @@ EPILOG = """examples:
   muscle eval --suite modelcompat.yaml --old-adapter a1/ --new-adapter a2/ --report report/
   muscle train --suite modelcompat.yaml --task piqa --old-adapter a1/ --new-adapter a2/ --output a2c/
   accelerate launch --num_processes 2 -m muscle.cli train ...      (multi-process / multi-GPU)
+  accelerate launch --num_processes 2 -m muscle.cli eval ...       (instances split between processes)
 """
 
 
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_DEVICE,
         DEFAULT_DTYPE,
         DEFAULT_NOISE_MARGIN,
-        DEVICES,
+        DEVICE_FORMS,
         DTYPES,
     )
 
@@ -158,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--noise-margin", type=float, default=None,
                     help="flips with decision margins (or |D(x)|) below this on both sides are 'unstable' "
                          f"(default {DEFAULT_NOISE_MARGIN}; docs/margins.md)")
-    ev.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
-                    help="auto: CUDA when available")
+    ev.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEVICE",
+                    help=f"{DEVICE_FORMS}; auto: CUDA when available; under accelerate launch, auto and cuda "
+                         f"put each process on its own GPU")
     ev.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE, help="weights and compute dtype")
     _trust_options(ev)
     return parser
@@ -192,18 +194,23 @@ def _module_list(text: str) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    """`muscle eval`: the gate's session (pytest_modelcompat.session) driven from the command line."""
+    """`muscle eval`: the gate's session (pytest_modelcompat.session) driven from the command line.
+
+    Under ``accelerate launch`` every process scores a share of each task and gets all the results
+    (``scoring/processes.py``); the main process alone writes and prints, every process exits with
+    the verdict's code."""
     from rich.console import Console
 
-    from pytest_modelcompat import Session, SessionOptions, terminal_table
+    from pytest_modelcompat import Session, SessionOptions, launched_processes, terminal_table
 
-    session = Session(SessionOptions.create(
+    options = SessionOptions.create(
         entry_point="muscle", old_adapter=args.old_adapter, new_adapter=args.new_adapter, old_base=args.old_base,
         new_base=args.new_base, save_baseline=args.save_baseline, baseline=args.baseline, limit=args.limit,
         batch_size=args.batch_size, noise_margin=args.noise_margin, device=args.device, dtype=args.dtype,
         report_dir=args.report, cache_dir=args.cache, no_cache=args.no_cache, allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
-    ))
+    )
+    session = Session(options, processes=launched_processes(options.device))
     tasks = _eval_tasks(args)
     for task in tasks:  # data, templates and snapshot coverage: refused before the (slow) model loads
         session.check_task(task)
@@ -212,10 +219,11 @@ def _eval(args: argparse.Namespace) -> int:
         return _save_baseline(session, tasks)
     records = [session.evaluate(task, nodeid=f"{args.suite}::{task.name}", suite=args.suite).record
                for task in tasks]
-    console = Console()
-    sys.stdout.write(terminal_table(records, width=console.width, color=console.is_terminal))
-    for path in session.write_reports(records).values():
-        print(f"wrote {path}")
+    if session.is_main_process:
+        console = Console()
+        sys.stdout.write(terminal_table(records, width=console.width, color=console.is_terminal))
+        for path in session.write_reports(records).values():
+            print(f"wrote {path}")
     return 0 if all(r["entry"]["gate"]["passed"] for r in records) else 1
 
 
@@ -237,8 +245,9 @@ def _save_baseline(session, tasks) -> int:
     """`muscle eval --save-baseline FILE`: score the old stack only and write the snapshot."""
     scored = [session.score_baseline(task) for task in tasks]
     path, stack = session.write_baseline(scored)
-    print(f"wrote {path} (baseline snapshot: {len(scored)} task(s), "
-          f"{sum(item['entry']['n'] for item in scored)} instances; old stack {stack['fingerprint'][:12]})")
+    if session.is_main_process:
+        print(f"wrote {path} (baseline snapshot: {len(scored)} task(s), "
+              f"{sum(item['entry']['n'] for item in scored)} instances; old stack {stack['fingerprint'][:12]})")
     return 0
 
 

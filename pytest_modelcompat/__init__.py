@@ -18,13 +18,16 @@ top (``session.py``, ``assertions.py``, ``plugin.py``).
   builds students from: :func:`load_base`, :func:`load_tokenizer`, :func:`linear_module_names`,
   :func:`attach_adapter`,
   :func:`read_adapter_config`, :func:`adapter_fingerprint`; GGUF bases: :func:`convert_gguf`,
-  :func:`smollm2_gguf_path`; the device and dtype choices :data:`DEVICES`, :data:`DTYPES` and
-  their defaults :data:`DEFAULT_DEVICE`, :data:`DEFAULT_DTYPE`.
+  :func:`smollm2_gguf_path`; the device and dtype choices :data:`DEVICES` (and their forms,
+  :data:`DEVICE_FORMS`), :data:`DTYPES` and their defaults :data:`DEFAULT_DEVICE`,
+  :data:`DEFAULT_DTYPE`.
 - Scoring: :func:`predict` (one stack, cached) → :class:`Prediction`; :func:`evaluate_task`
   (old stack or snapshot vs new stack) and :func:`compare` (two prediction columns) →
   :class:`TaskResult`; :data:`DEFAULT_BATCH_SIZE`; the engine's :func:`loglikelihoods`,
   :func:`generate`, and what muscle trains through: :func:`packed_choice_loglikelihoods`,
-  :func:`encode_request` (lm-eval's context/continuation split), :func:`pad_token_id`.
+  :func:`encode_request` (lm-eval's context/continuation split), :func:`pad_token_id`;
+  :func:`launched_processes` (the processes ``accelerate launch`` started, which a
+  :class:`Session` spreads its scoring over).
 - Metrics: :func:`discriminative_metrics`, :func:`generative_metrics` (docs/metrics.md),
   :data:`DEFAULT_NOISE_MARGIN` (docs/margins.md), :func:`validate_gate`, :func:`evaluate_gate`
   → :class:`GateResult`, :func:`similarity` / :func:`register_similarity`.
@@ -59,7 +62,7 @@ if TYPE_CHECKING:
     from pytest_modelcompat.metrics.similarity import register_similarity, similarity
     from pytest_modelcompat.models.adapters import attach_adapter, check_adapter_files, read_adapter_config
     from pytest_modelcompat.models.bases import linear_module_names, load_base, load_tokenizer
-    from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+    from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICE_FORMS, DEVICES, DTYPES
     from pytest_modelcompat.models.fingerprints import adapter_fingerprint
     from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
     from pytest_modelcompat.models.stack import Stack, check_stack_files, load_stack, stack_fingerprint
@@ -77,6 +80,7 @@ if TYPE_CHECKING:
     )
     from pytest_modelcompat.scoring.evaluate import TaskResult, compare, evaluate_task
     from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE, Prediction, predict
+    from pytest_modelcompat.scoring.processes import launched_processes
     from pytest_modelcompat.session import Evaluation, Session, SessionOptions, StackLoadError
     from pytest_modelcompat.tasks.spec import Instance, TaskSpec
     from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_task
@@ -95,7 +99,8 @@ _OWNERS: dict[str, str] = {
     **dict.fromkeys(("register_similarity", "similarity"), "metrics.similarity"),
     **dict.fromkeys(("attach_adapter", "check_adapter_files", "read_adapter_config"), "models.adapters"),
     **dict.fromkeys(("linear_module_names", "load_base", "load_tokenizer"), "models.bases"),
-    **dict.fromkeys(("DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEVICES", "DTYPES"), "models.devices"),
+    **dict.fromkeys(("DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEVICE_FORMS", "DEVICES", "DTYPES"),
+                    "models.devices"),
     **dict.fromkeys(("adapter_fingerprint",), "models.fingerprints"),
     **dict.fromkeys(("convert_gguf", "smollm2_gguf_path"), "models.gguf"),
     **dict.fromkeys(("Stack", "check_stack_files", "load_stack", "stack_fingerprint"), "models.stack"),
@@ -107,21 +112,23 @@ _OWNERS: dict[str, str] = {
                      "pad_token_id"), "scoring.engine"),
     **dict.fromkeys(("TaskResult", "compare", "evaluate_task"), "scoring.evaluate"),
     **dict.fromkeys(("DEFAULT_BATCH_SIZE", "Prediction", "predict"), "scoring.predictions"),
+    **dict.fromkeys(("launched_processes",), "scoring.processes"),
     **dict.fromkeys(("Evaluation", "Session", "SessionOptions", "StackLoadError"), "session"),
     **dict.fromkeys(("Instance", "TaskSpec"), "tasks.spec"),
     **dict.fromkeys(("load_instances", "load_suite", "resolve_task"), "tasks.suite"),
 }
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEFAULT_NOISE_MARGIN", "DEVICES", "DTYPES",
+    "DEFAULT_BATCH_SIZE", "DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEFAULT_NOISE_MARGIN", "DEVICE_FORMS", "DEVICES",
+    "DTYPES",
     "BaselineError", "CompatInputError", "Evaluation", "GateResult", "Instance", "Prediction", "ResultCache",
     "Session", "SessionOptions", "Snapshot", "Stack", "StackLoadError", "TaskReport", "TaskResult", "TaskSpec",
     "__version__", "adapter_fingerprint", "atomic_directory", "atomic_write", "attach_adapter", "build_report",
     "cache_home", "check_adapter_files", "check_stack_files", "check_writable_dir", "compare", "convert_gguf",
     "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "generate",
-    "generative_metrics", "linear_module_names", "load_base", "load_instances", "load_snapshot", "load_stack",
-    "load_suite", "load_tokenizer", "loglikelihoods", "make_progress", "packed_choice_loglikelihoods",
-    "pad_token_id",
+    "generative_metrics", "launched_processes", "linear_module_names", "load_base", "load_instances",
+    "load_snapshot", "load_stack", "load_suite", "load_tokenizer", "loglikelihoods", "make_progress",
+    "packed_choice_loglikelihoods", "pad_token_id",
     "predict", "quiet_third_party_output", "read_adapter_config", "register_similarity", "resolve_task",
     "results_dir", "schema_path", "similarity", "smollm2_gguf_path", "stack_fingerprint", "terminal_table",
     "validate_gate", "write_reports", "write_snapshot",

@@ -40,7 +40,7 @@ import pytest
 
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.metrics.margins import DEFAULT_NOISE_MARGIN
-from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEVICES
+from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEVICE_FORMS
 from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE
 from pytest_modelcompat.session import Session, SessionOptions, StackLoadError
 
@@ -57,8 +57,9 @@ OPTIONS: list[tuple[str, str, dict]] = [
                      "~/.cache/pytest-modelcompat/results)", {"metavar": "DIR"}),
     ("compat_limit", "evaluate only the first N instances of each task", {"metavar": "N"}),
     ("compat_batch_size", f"batch size for scoring (default {DEFAULT_BATCH_SIZE})", {"metavar": "N"}),
-    ("compat_device", f"device for both stacks: {', '.join(DEVICES[:-1])} or {DEVICES[-1]} (default {DEFAULT_DEVICE})",
-     {"metavar": "{" + ",".join(DEVICES) + "}"}),
+    ("compat_device", f"device for both stacks: {DEVICE_FORMS} (default {DEFAULT_DEVICE}); cuda:{{worker}} puts "
+                      "each pytest-xdist worker on its own GPU (gwN: cuda:N, modulo the GPUs visible)",
+     {"metavar": "DEVICE"}),
     ("compat_save_baseline", "score the old stack only and write its per-instance predictions to FILE "
                              "(a baseline snapshot; needs --old-adapter, no --new-adapter)", {"metavar": "FILE"}),
     ("compat_baseline", "gate --new-adapter against the snapshot FILE instead of an old stack (no old model "

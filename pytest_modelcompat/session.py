@@ -5,9 +5,9 @@ one task, so an entry point only turns its own inputs into :class:`SessionOption
 
 - **Options, validated once** (:meth:`SessionOptions.create`): which stacks are compared (the
   *mode*: old vs new adapter, old adapter → baseline snapshot, snapshot vs new adapter), limits,
-  batch size, noise margin, device and dtype, each with its default from its one owner
-  (``scoring.predictions.DEFAULT_BATCH_SIZE``, ``metrics.margins.DEFAULT_NOISE_MARGIN``,
-  ``models.devices.DEVICES`` / ``DTYPES`` / ``DEFAULT_DEVICE`` / ``DEFAULT_DTYPE``,
+  batch size, noise margin, device and dtype, each with its default (and its forms) from its one
+  owner (``scoring.predictions.DEFAULT_BATCH_SIZE``, ``metrics.margins.DEFAULT_NOISE_MARGIN``,
+  ``models.devices.DEVICE_FORMS`` / ``DTYPES`` / ``DEFAULT_DEVICE`` / ``DEFAULT_DTYPE``,
   ``cache.results_dir``), which argparse and the pytest options read too. Messages name the
   options as the entry point spells them (:data:`FLAGS`).
 - **Preflight** — everything that can be refused without a model, in a second, before the slow
@@ -22,6 +22,9 @@ one task, so an entry point only turns its own inputs into :class:`SessionOption
 - :meth:`Session.evaluate` (task, gate) → an :class:`Evaluation`: the ``TaskResult`` and its
   JSON-able report record; :meth:`Session.score_baseline` / :meth:`Session.write_baseline` save
   a snapshot; :meth:`Session.write_reports` writes report.json / .md / .html.
+- **Several processes** (``muscle eval`` under ``accelerate launch``; ``scoring/processes.py``):
+  each scores a share of every task's instances and gets all the predictions back, so every
+  process evaluates the same results; only the main process writes the cache, reports and snapshot.
 
 What stays with the entry points: reading their options (argparse, pytest options and ini),
 pytest's items, skips, captured output, xdist and terminal summary (``plugin.py``), and
@@ -39,10 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat.errors import CompatInputError
-from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPES, check_device
 from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
+    from accelerate import PartialState
+
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.models.stack import Stack
     from pytest_modelcompat.scoring.baseline import Snapshot
@@ -193,7 +198,7 @@ class SessionOptions:
             cache_dir = results_dir()
         return cls(
             entry_point=entry_point,
-            device=one_of(device or DEFAULT_DEVICE, DEVICES, name["device"]),
+            device=check_device(device or DEFAULT_DEVICE, name["device"]),
             dtype=one_of(dtype or DEFAULT_DTYPE, DTYPES, name["dtype"]),
             limit=positive_int(limit, name["limit"]),
             batch_size=positive_int(batch_size, name["batch_size"]) or DEFAULT_BATCH_SIZE,
@@ -251,10 +256,12 @@ class Evaluation:
 
 class Session:
     """A compatibility run. Creating one runs the preflight that needs neither a suite nor a model
-    (output locations, the snapshot); see the module docstring for the rest."""
+    (output locations, the snapshot); see the module docstring for the rest. ``processes``
+    (``scoring.processes.launched_processes``): the processes the run's scoring is spread over."""
 
-    def __init__(self, options: SessionOptions) -> None:
+    def __init__(self, options: SessionOptions, processes: PartialState | None = None) -> None:
         self.options = options
+        self.processes = processes
         self.snapshot: Snapshot | None = None      # the loaded baseline snapshot (mode "baseline")
         self._stacks: dict[str, Stack] = {}
         self._load_errors: dict[str, StackLoadError] = {}
@@ -265,6 +272,13 @@ class Session:
     @property
     def mode(self) -> str | None:
         return self.options.mode
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes the run's files and shows progress (always, in one process)."""
+        from pytest_modelcompat.scoring.processes import is_main_process
+
+        return is_main_process(self.processes)
 
     # -------------------------------------------------- preflight (no model)
 
@@ -366,17 +380,17 @@ class Session:
         """Evaluate ``task`` (a suite entry) on the old side and the new stack; ``gate`` keys replace
         the task's own. ``nodeid`` names the task in reports; ``suite`` is how the printed
         ``muscle train`` command names the suite (default: the task's file); ``quiet``: no
-        progress bar."""
+        progress bar (none but the main process shows one)."""
         from pytest_modelcompat.progress import make_progress
         from pytest_modelcompat.report.records import stack_meta, task_record
         from pytest_modelcompat.scoring.evaluate import evaluate_task
 
         task = self.resolve(task)
         old, new = self.old_side(), self.stack("new")
-        with make_progress(transient=True, disable=quiet) as progress:
+        with make_progress(transient=True, disable=quiet or not self.is_main_process) as progress:
             result = evaluate_task(old, new, task, limit=self.options.limit, cache=self.cache,
                                    batch_size=self.options.batch_size, gate_override=gate, progress=progress,
-                                   noise_margin=self.options.noise_margin)
+                                   noise_margin=self.options.noise_margin, processes=self.processes)
         record = task_record(result, self.old_meta(), stack_meta(new), nodeid=nodeid,
                              muscle_command=self.muscle_command(task, suite))
         return Evaluation(result, record)
@@ -403,25 +417,29 @@ class Session:
 
         task = self.resolve(task)
         old = self.stack("old")
-        with make_progress(transient=True, disable=quiet) as progress:
+        with make_progress(transient=True, disable=quiet or not self.is_main_process) as progress:
             entry = baseline_entry(old, task, limit=self.options.limit, cache=self.cache,
-                                   batch_size=self.options.batch_size, progress=progress)
+                                   batch_size=self.options.batch_size, progress=progress, processes=self.processes)
         return {"stack": stack_meta(old), "entry": entry}
 
     def write_baseline(self, scored: Iterable[Mapping[str, Any]]) -> tuple[Path, dict[str, str]]:
-        """Write the snapshot of the tasks :meth:`score_baseline` scored → (path, old stack meta)."""
+        """Write the snapshot of the tasks :meth:`score_baseline` scored → (path, old stack meta); the
+        main process writes it."""
         from pytest_modelcompat.scoring.baseline import write_snapshot
 
         scored = list(scored)
         stacks = {item["stack"]["fingerprint"]: item["stack"] for item in scored}
         (stack,) = stacks.values()          # one old stack per run
-        path = write_snapshot(self.options.save_baseline, stack, [item["entry"] for item in scored])
+        path = Path(self.options.save_baseline)
+        if self.is_main_process:
+            write_snapshot(path, stack, [item["entry"] for item in scored])
         return path, stack
 
     def write_reports(self, records: Iterable[Mapping[str, Any]]) -> dict[str, Path]:
-        """report.json / report.md / report.html into the report dir, if the run has one."""
+        """report.json / report.md / report.html into the report dir, if the run has one (the main
+        process writes them; the others get {})."""
         from pytest_modelcompat.report.files import write_reports
 
-        if self.options.report_dir is None:
+        if self.options.report_dir is None or not self.is_main_process:
             return {}
         return write_reports(Path(self.options.report_dir), list(records))

@@ -39,7 +39,8 @@ def project(pytester):
 @pytest.mark.parametrize(("args", "message"), [
     (["--compat-limit", "0"], "ERROR: --compat-limit (or ini modelcompat_compat_limit) must be a positive integer, got '0'"),
     (["--compat-batch-size", "x"], "ERROR: --compat-batch-size (or ini modelcompat_compat_batch_size) must be a positive integer, got 'x'"),
-    (["--compat-device", "tpu"], "ERROR: --compat-device must be one of auto, cpu, cuda, got 'tpu'"),
+    (["--compat-device", "tpu"], "ERROR: --compat-device must be one of auto, cpu, cuda, cuda:N or cuda:{worker}, "
+                                 "got 'tpu'"),
     (["--old-adapter", "."], "ERROR: --old-adapter is given but --new-adapter is not; pass both adapters"),
     (["--old-adapter", ".", "--new-adapter", "nope"], "ERROR: --new-adapter: no such directory"),
 ])

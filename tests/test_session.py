@@ -75,7 +75,7 @@ def test_defaults_have_one_owner_that_argparse_and_pytest_read():
     ({"limit": 0}, "--limit must be a positive integer, got 0"),
     ({"batch_size": "x"}, "--batch-size must be a positive integer, got 'x'"),
     ({"noise_margin": "nan"}, "--noise-margin must be a number >= 0, got 'nan'"),
-    ({"device": "tpu"}, "--device must be one of auto, cpu, cuda, got 'tpu'"),
+    ({"device": "tpu"}, "--device must be one of auto, cpu, cuda, cuda:N or cuda:{worker}, got 'tpu'"),
     ({"new_adapter": None}, "--new-adapter missing: pass --old-adapter A1 --new-adapter A2"),
 ])
 def test_options_are_validated_in_one_place(values, message):

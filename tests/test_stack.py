@@ -332,7 +332,10 @@ def test_unreachable_hub_name_is_one_line(tiny_adapter, tmp_path, monkeypatch):
     assert "could not be loaded from the Hugging Face hub" in _one_line(excinfo)
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [({"device": "tpu"}, "device 'tpu'"), ({"dtype": "int8"}, "dtype 'int8'")])
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N or cuda:{worker}, got 'tpu'"),
+    ({"dtype": "int8"}, "dtype 'int8'"),
+])
 def test_bad_device_and_dtype(tiny_adapter, kwargs, expected):
     with pytest.raises(CompatInputError) as excinfo:
         load_stack(tiny_adapter, **{"device": "cpu", **kwargs})

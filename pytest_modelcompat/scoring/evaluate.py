@@ -20,6 +20,8 @@ from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE, Predictio
 from pytest_modelcompat.tasks.spec import require_resolved
 
 if TYPE_CHECKING:
+    from accelerate import PartialState
+
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.metrics.gate import GateResult
     from pytest_modelcompat.models.stack import Stack
@@ -63,15 +65,17 @@ def _nonfinite_warning(side: str, instances: Sequence[Instance], predictions: Se
 
 
 def baseline_entry(stack: Stack, task: TaskSpec, *, limit: int | None = None, cache: ResultCache | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None) -> dict[str, Any]:
-    """Score ``task`` with the old stack only → its baseline snapshot entry (``baseline.task_entry``)."""
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None,
+                   processes: PartialState | None = None) -> dict[str, Any]:
+    """Score ``task`` with the old stack only → its baseline snapshot entry (``baseline.task_entry``);
+    ``processes``: spread over them (``predict``)."""
     from pytest_modelcompat.scoring.baseline import task_entry
     from pytest_modelcompat.tasks.suite import load_instances
 
     require_resolved(task, "baseline_entry()")
     instances = load_instances(task, limit=effective_limit(limit, task.limit))
     predictions = predict(stack, task, instances, cache=cache, batch_size=batch_size, progress=progress,
-                          description=f"{task.name} · old (baseline)")
+                          description=f"{task.name} · old (baseline)", processes=processes)
     return task_entry(task, instances, predictions)
 
 
@@ -143,7 +147,7 @@ def compare(
 def evaluate_task(
     old: Stack | Snapshot, new: Stack, task: TaskSpec, *, limit: int | None = None,
     cache: ResultCache | None = None, batch_size: int = DEFAULT_BATCH_SIZE, gate_override: Mapping[str, float] | None = None,
-    progress: Any = None, noise_margin: float | None = None,
+    progress: Any = None, noise_margin: float | None = None, processes: PartialState | None = None,
 ) -> TaskResult:
     """Predict with both stacks, compute the flip metrics and check the gate.
 
@@ -151,13 +155,14 @@ def evaluate_task(
     the old stack (``baseline.BaselineError`` when it does not cover the task and its instances).
     ``gate_override`` keys replace the task's gate keys of the same name (others are kept).
     ``noise_margin`` (default ``metrics.margins.DEFAULT_NOISE_MARGIN``) decides which flips are unstable.
+    ``processes``: the stacks' scoring is spread over them (``predict``); every process gets the result.
     """
     from pytest_modelcompat.scoring.baseline import Snapshot
     from pytest_modelcompat.tasks.suite import load_instances
 
     require_resolved(task, "evaluate_task()")
     instances = load_instances(task, limit=effective_limit(limit, task.limit))
-    kwargs = {"cache": cache, "batch_size": batch_size, "progress": progress}
+    kwargs = {"cache": cache, "batch_size": batch_size, "progress": progress, "processes": processes}
     if isinstance(old, Snapshot):
         old_preds = old.predictions(task, instances)
     else:

@@ -33,9 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.scoring import engine
+from pytest_modelcompat.scoring.processes import across_processes, is_main_process
 from pytest_modelcompat.tasks.spec import require_resolved
 
 if TYPE_CHECKING:
+    from accelerate import PartialState
+
     from pytest_modelcompat.cache import ResultCache
     from pytest_modelcompat.models.stack import Stack
     from pytest_modelcompat.tasks.spec import Instance, TaskSpec
@@ -211,32 +214,41 @@ _PREDICTORS = {
 def predict(
     stack: Stack, task: TaskSpec, instances: Sequence[Instance], *, cache: ResultCache | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE, progress: Any = None, description: str | None = None,
+    processes: PartialState | None = None,
 ) -> list[Prediction]:
     """One Prediction per instance; cached ones are reused, the rest computed and stored.
 
     Predictions with non-finite log-likelihoods are returned but not cached, so a fixed model
-    (or dtype) is scored afresh next time.
+    (or dtype) is scored afresh next time. With ``processes`` (``processes.launched_processes``)
+    each process scores a share of the instances, every process gets all the predictions, and the
+    main process alone writes the cache.
     """
     require_resolved(task, "predict()")
     if task.kind not in _PREDICTORS:
         raise CompatInputError(f"task {task.name!r}: unknown kind {task.kind!r}; use one of {sorted(_PREDICTORS)}")
     task_fp = task.fingerprint()
-    found: dict[str, Prediction] = {}
-    if cache is not None:
-        by_id = {inst.id: inst for inst in instances}
-        for key, entry in cache.get_many(stack.fingerprint, task_fp, list(by_id)).items():
-            prediction = Prediction.from_cached(entry, task, by_id[key])
-            if prediction is not None:
-                found[key] = prediction
-    missing = [inst for inst in instances if inst.id not in found]
-    if missing:
-        computed = _PREDICTORS[task.kind](
-            stack, task, missing, batch_size, progress, description or task.name,
-        )
-        fresh = dict(zip((inst.id for inst in missing), computed))
+
+    def score(share: Sequence[Instance]) -> list[tuple[Prediction, bool]]:
+        # Each process looks its own share up in the cache: however much of it is cached (and
+        # whatever the main process has written meanwhile), every process gathers once per call.
+        found: dict[str, Prediction] = {}
         if cache is not None:
-            cache.put_many(stack.fingerprint, task_fp, {
-                key: prediction.to_dict() for key, prediction in fresh.items() if prediction.finite
-            })
-        found.update(fresh)
-    return [found[inst.id] for inst in instances]
+            by_id = {inst.id: inst for inst in share}
+            for key, entry in cache.get_many(stack.fingerprint, task_fp, list(by_id)).items():
+                prediction = Prediction.from_cached(entry, task, by_id[key])
+                if prediction is not None:
+                    found[key] = prediction
+        missing = [inst for inst in share if inst.id not in found]
+        if missing:
+            computed = _PREDICTORS[task.kind](stack, task, missing, batch_size, progress, description or task.name)
+            found.update(zip((inst.id for inst in missing), computed))
+        fresh = {inst.id for inst in missing}
+        return [(found[inst.id], inst.id in fresh) for inst in share]
+
+    scored = across_processes(processes, score, instances)     # (prediction, computed now) per instance
+    if cache is not None and is_main_process(processes):
+        cache.put_many(stack.fingerprint, task_fp, {
+            inst.id: prediction.to_dict()
+            for inst, (prediction, fresh) in zip(instances, scored) if fresh and prediction.finite
+        })
+    return [prediction for prediction, _ in scored]
