@@ -50,8 +50,7 @@ def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_len
     decision as those on the gold one."""
     examples = []
     for inst in instances:
-        texts = ([task.delimiter + c for c in inst.choices] if every_choice and task.kind == "multiple_choice"
-                 else [continuation(task, inst)])
+        texts = [task.delimiter + c for c in inst.choices] if every_choice else [continuation(task, inst)]
         for ctx, cont in encode_request(tokenizer, inst.context, texts):
             if not cont:
                 raise CompatInputError(f"task {task.name!r}: instance {inst.id!r} has an empty continuation; "

@@ -282,17 +282,16 @@ class Recipe:
         from muscle.losses.token import needs_new_teacher
         from muscle.teachers import TeacherStore, precompute
 
-        teachers = [(self.work / "teacher-m1.safetensors", self.old_model, None)]
-        if needs_new_teacher(self.config.mask):
-            teachers.append((self.work / "teacher-m2.safetensors", self.model, NEW_TEACHER))
+        m1_path, m2_path = self.work / "teacher-m1.safetensors", self.work / "teacher-m2.safetensors"
+        with_new = needs_new_teacher(self.config.mask)
+        teachers = [(m1_path, self.old_model, None)] + ([(m2_path, self.model, NEW_TEACHER)] if with_new else [])
         if self.main:
             for path, model, adapter in teachers:
                 if not path.exists():  # a resumed run reuses them (the work dir is this run's: run.json)
                     precompute(model, examples, path, k=self.config.top_k, batch_size=self.config.batch_size,
                                pad_id=self.pad_id, device=self.device, adapter=adapter, progress=self.progress)
         self.accelerator.wait_for_everyone()
-        stores = [TeacherStore(path) for path, _, _ in teachers]
-        old, new = stores[0], stores[1] if len(stores) == 2 else None
+        old, new = TeacherStore(m1_path), TeacherStore(m2_path) if with_new else None
         self.old_model = None
         gc.collect()
         if new is not None:

@@ -122,7 +122,7 @@ def linear_module_names(base: str | os.PathLike, *, trust_remote_code: bool = Fa
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    reference, load_from = base_source(base)
+    _, load_from = base_source(base)
     try:
         config = AutoConfig.from_pretrained(load_from, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
