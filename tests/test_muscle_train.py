@@ -193,6 +193,19 @@ def test_precomputed_full_vocab_teachers_match_resident(task_dir, adapters, tmp_
         assert runs["precomputed"]["epochs"][1]["train"][key] == pytest.approx(runs["resident"]["epochs"][1]["train"][key], rel=1e-4)
 
 
+def test_precomputed_teachers_with_mask_none_store_m1_only(task_dir, adapters, tmp_path, monkeypatch):
+    # --mask none gives M2 weight 0 everywhere: precomputing its logits would be wasted teacher passes.
+    from muscle import teachers
+
+    stored, original = [], teachers.precompute
+    monkeypatch.setattr(teachers, "precompute",
+                        lambda *args, **kwargs: stored.append(kwargs["adapter"]) or original(*args, **kwargs))
+    record = _train(task_dir, adapters, tmp_path / "out", "train", "pick", "--objective", "token",
+                    "--precompute-teachers", "--mask", "none", epochs="1")
+    assert stored == [None]                      # M1 only (None: no adapter switch on the teacher)
+    assert record["teachers"] == "precomputed" and record["epochs"][1]["train"]["mask_old"] == 1.0
+
+
 def test_resume_after_interrupt_equals_straight_run(task_dir, tiny_base, tmp_path, monkeypatch):
     def args(out, *extra):
         return ["finetune", "--suite", str(task_dir / "suite_train.yaml"), "--task", "raw", "--base", str(tiny_base),
