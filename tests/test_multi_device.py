@@ -263,3 +263,12 @@ def test_two_process_muscle_eval_equals_one_process(tmp_path, tiny_adapter, tiny
     assert cli.main([*argv, "--cache", str(tmp_path / "cache2"), "--report", str(tmp_path / "again")]) == one_process
     assert json.loads((tmp_path / "again" / "report.json").read_text()) == json.loads(
         (tmp_path / "one" / "report.json").read_text())
+    # --save-baseline under two processes: the old stack's shares gathered into the same snapshot
+    # file, byte for byte, as one process writes
+    monkeypatch.undo()
+    baseline = ["eval", "--suite", str(suite), "--old-adapter", str(tiny_adapter), "--device", "cpu", "--no-cache"]
+    assert cli.main([*baseline, "--save-baseline", str(tmp_path / "one.json")]) == 0
+    saved = subprocess.run([*cmd[:cmd.index(str(script)) + 1], *baseline, "--save-baseline", str(tmp_path / "two.json")],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
