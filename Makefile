@@ -23,7 +23,7 @@ demo: install
 
 test: install
 	# one torch thread per xdist worker: two workers on two cores, no oversubscription
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,7 +21,8 @@ from pytest_modelcompat.models.gguf import gemma3_gguf_path
 from pytest_modelcompat.models.stack import load_stack
 from pytest_modelcompat.scoring import engine
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs them all (make test: --dist loadgroup), so Gemma is loaded once, not per worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gemma")]
 
 N_GATE_INSTANCES = 4
 
