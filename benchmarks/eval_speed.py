@@ -12,7 +12,10 @@ scoring alone (``HFLM.loglikelihood``), and our ``predict``; then the CI situati
 against lm-eval's scoring time alone, the conservative comparison. Also reported: prediction
 agreement and the largest log-likelihood difference, the tokens each side runs through the model,
 and our tokens/s against the model's raw forward throughput (a plain batched forward over the same
-number of tokens, full logits, like any causal-LM forward).
+number of tokens, full logits, like any causal-LM forward), and our time against the unique-token
+forward limit (the decoder over every context token and choice token once, unpadded, the LM head
+only at scored positions) with a breakdown of where it goes (tokenise, trees, pack, decoder, LM
+head, other).
 
 Usage: python benchmarks/eval_speed.py [--limit 200] [--batch-size 16] [--out FILE]
 """
@@ -148,16 +151,88 @@ def run_lm_eval(base_dir: Path, adapter: Path, task_manager, task: str, batch_si
     return {"seconds_total": total, "seconds_scoring": scoring["seconds"], "logliks": logliks}
 
 
-def token_counts(stack, instances, delimiter=" ") -> tuple[int, int]:
+def token_counts(stack, instances, delimiter=" ") -> tuple[int, int, int]:
     """Tokens run through the model: lm-eval (context + continuation - 1 per choice) vs ours
     (context once + each continuation - 1; an upper bound: the engine's trie also shares the
-    leading tokens that choices have in common)."""
-    theirs = ours = 0
+    leading tokens that choices have in common), and the scored positions (every continuation
+    token: where the LM head has to run)."""
+    theirs = ours = scored = 0
     for inst in instances:
         pairs = encode_request(stack.tokenizer, inst.context, [delimiter + c for c in inst.choices])
         theirs += sum(len(ctx) + len(cont) - 1 for ctx, cont in pairs)
         ours += len(pairs[0][0]) + sum(len(cont) - 1 for _, cont in pairs)
-    return theirs, ours
+        scored += sum(len(cont) for _, cont in pairs)
+    return theirs, ours, scored
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def forward_limit_seconds(stack, tokens: int, scored: int, row_length: int, batch_size: int) -> float:
+    """The unique-token forward limit: the decoder over ``tokens`` tokens once (unpadded rows of
+    ``row_length``, the plain causal mask) plus the LM head at ``scored`` positions only."""
+    import torch
+
+    decoder, head = _decoder_and_head(stack.model)
+    rows = max(1, -(-tokens // row_length))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, stack.tokenizer.vocab_size, (rows, row_length), generator=generator)
+    hidden = torch.randn(scored, head.in_features, generator=generator)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for i in range(0, rows, batch_size):
+            decoder(input_ids=ids[i: i + batch_size].to(stack.device), use_cache=False)
+        body = (time.perf_counter() - start) * tokens / (rows * row_length)
+        start = time.perf_counter()
+        head(hidden.to(stack.device))
+        return body + time.perf_counter() - start
+
+
+def phase_seconds(stack, task, instances, batch_size: int) -> dict[str, float]:
+    """Where our scoring time goes: one more ``predict`` (no cache) with timers on the engine's
+    stages. Tokenise = ``encode_request``; trees = building the token trees around it; pack = the
+    tensors, the 4D mask and the gather of scored log-probs (``_forward_trees`` minus the model);
+    decoder / LM head = forward hooks on the two modules; other = the rest of ``predict``."""
+    from unittest import mock
+
+    from pytest_modelcompat.scoring import engine
+
+    seconds = dict.fromkeys(("tokenise", "trees", "pack", "decoder", "LM head", "other"), 0.0)
+    started: dict[str, float] = {}
+
+    def timed(function, phase):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[phase] += time.perf_counter() - start
+        return wrapper
+
+    def hooks(module, phase):
+        return [module.register_forward_pre_hook(lambda *_: started.__setitem__(phase, time.perf_counter())),
+                module.register_forward_hook(
+                    lambda *_: seconds.__setitem__(phase, seconds[phase] + time.perf_counter() - started[phase]))]
+
+    decoder, head = _decoder_and_head(stack.model)
+    handles = hooks(decoder, "decoder") + hooks(head, "LM head")
+    try:
+        with mock.patch.object(engine, "encode_request", timed(engine.encode_request, "tokenise")), \
+                mock.patch.object(engine, "_build_trees", timed(engine._build_trees, "trees")), \
+                mock.patch.object(engine, "_forward_trees", timed(engine._forward_trees, "pack")):
+            start = time.perf_counter()
+            predict(stack, task, instances, batch_size=batch_size)
+            total = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    seconds["trees"] -= seconds["tokenise"]
+    seconds["pack"] -= seconds["decoder"] + seconds["LM head"]
+    seconds["other"] = total - seconds["trees"] - seconds["tokenise"] - seconds["pack"] - seconds["decoder"] \
+        - seconds["LM head"]
+    return seconds
 
 
 def raw_forward_tokens_per_second(stack, tokens: int, batch_size: int, row_length: int) -> float:
@@ -237,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         predict(stacks["new"], task, instances, cache=None, batch_size=args.batch_size)
         cached_pair = time.perf_counter() - start
         lm_eval_twice = sum(s["lm_eval_seconds_scoring"] for s in row["stacks"].values())
-        theirs_tokens, ours_tokens = token_counts(stacks["new"], instances, task.delimiter)
+        theirs_tokens, ours_tokens, scored = token_counts(stacks["new"], instances, task.delimiter)
         ours_tps = ours_tokens / row["stacks"]["new"]["ours_seconds"]
-        raw_tps = raw_forward_tokens_per_second(
-            stacks["new"], ours_tokens, args.batch_size, max(8, ours_tokens // len(instances)),
-        )
+        row_length = max(8, ours_tokens // len(instances))
+        raw_tps = raw_forward_tokens_per_second(stacks["new"], ours_tokens, args.batch_size, row_length)
+        limit_s = forward_limit_seconds(stacks["new"], ours_tokens, scored, row_length, args.batch_size)
         row.update({
             "ours_old_cached_plus_new_seconds": cached_pair,
             "lm_eval_twice_scoring_seconds": lm_eval_twice,
@@ -250,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_ours": ours_tokens,
             "ours_tokens_per_second": ours_tps,
             "raw_forward_tokens_per_second": raw_tps,
+            "scored_positions": scored,
+            "forward_limit_seconds": limit_s,
+            "ours_over_forward_limit": row["stacks"]["new"]["ours_seconds"] / limit_s,
+            "phase_seconds": phase_seconds(stacks["new"], task, instances, args.batch_size),
         })
         results["tasks"][name] = row
 
@@ -257,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{args.limit} instances, batch {args.batch_size}")
     for column in ("task", "stack", "lm-eval scoring s (total s)", "ours s", "speed-up",
                    "old cached + new vs lm-eval ×2", "agree", "max |Δll|", "tokens lm-eval / ours",
-                   "ours tok/s / raw fwd tok/s"):
+                   "ours tok/s / raw fwd tok/s", "ours / forward limit"):
         table.add_column(column, justify="right")
     for name, row in results["tasks"].items():
         for side, s in row["stacks"].items():
@@ -269,8 +348,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['tokens_lm_eval']} / {row['tokens_ours']}" if side == "new" else "",
                 f"{row['ours_tokens_per_second']:.0f} / {row['raw_forward_tokens_per_second']:.0f}"
                 if side == "new" else "",
+                f"{row['ours_over_forward_limit']:.2f}× ({row['forward_limit_seconds']:.1f} s)" if side == "new" else "",
             )
     console.print(table)
+    phases = Table(title="Where our time goes (new stack, no cache), seconds")
+    names = list(next(iter(results["tasks"].values()))["phase_seconds"])
+    for column in ("task", *names):
+        phases.add_column(column, justify="right")
+    for name, row in results["tasks"].items():
+        phases.add_row(name, *(f"{row['phase_seconds'][phase]:.2f}" for phase in names))
+    console.print(phases)
     atomic_write(args.out, json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {args.out}")
     return 0
