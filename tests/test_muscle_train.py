@@ -236,8 +236,9 @@ def test_resume_after_interrupt_equals_straight_run(task_dir, tiny_base, tmp_pat
 def test_two_process_accelerate_run(task_dir, tiny_base, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    # accelerate 1.x: `--cpu` alone runs one process; `--multi_gpu` starts torchrun workers, and our
-    # `--device cpu` (Accelerator(cpu=True)) turns them into a gloo MULTI_CPU group.
+    # accelerate 1.x: `--cpu` alone runs one process; `--multi_gpu` starts torchrun workers. With the
+    # default `--device auto` on a machine without a GPU (Accelerator(cpu=False)) they form a gloo
+    # MULTI_CPU group, as `--device cpu` (Accelerator(cpu=True)) does.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "muscle.cli", "finetune", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick",
