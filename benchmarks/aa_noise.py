@@ -28,21 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.flip_anatomy import decision_values, gold_indices, gold_margin  # noqa: E402
 from muscle import demo  # noqa: E402
 from pytest_modelcompat import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def gold_margins(task, instances, predictions) -> np.ndarray:
-    margins = []
-    for instance, prediction in zip(instances, predictions, strict=True):
-        values = np.array(prediction.logliks, dtype=float)
-        if task.normalize:
-            values = values / np.array([float(len(c)) or 1.0 for c in instance.choices])
-        gold = values[int(instance.gold)]
-        margins.append(gold - np.delete(values, int(instance.gold)).max())
-    return np.array(margins)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         stack = load_stack(demo.ADAPTER_V2, base, device="cpu", dtype=dtype)
         order = instances[::-1] if reverse else instances
         predictions = predict(stack, task, order, batch_size=batch_size)
-        margins = gold_margins(task, order, predictions)
+        margins = gold_margin(decision_values(task, order, predictions), gold_indices(order))
         return margins[::-1] if reverse else margins
 
     reference = score("float32", args.batch_size, False)

@@ -148,6 +148,15 @@ def ensure_bases(update: dict) -> tuple[Path, Path]:
     return demo.base_v1_dir(), demo.base_v2_dir(delta)
 
 
+def train_command(update: dict, new_adapter: Path, bases: tuple[Path, Path], out: Path, options: list[str]) -> list[str]:
+    """`muscle train` from the update's A1 (old stack) to ``new_adapter`` on base v2, into ``out``
+    (``--resume``: an interrupted benchmark continues)."""
+    return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(update["suite"]), "--task", update["task"],
+            "--old-adapter", str(update["a1"]), "--old-base", str(bases[0]),
+            "--new-adapter", str(new_adapter), "--new-base", str(bases[1]),
+            "--output", str(out), "--resume", *options]
+
+
 def ensure_adapters(update: dict, bases: tuple[Path, Path]) -> None:
     """Train the update's adapters that are built here unless present: ``build`` from scratch with
     `muscle finetune`, ``tune`` from another update's adapter with `muscle train`."""
@@ -158,9 +167,7 @@ def ensure_adapters(update: dict, bases: tuple[Path, Path]) -> None:
         if not (start / "adapter_config.json").is_file():
             raise SystemExit(f"{start} is missing: run the update that builds it first")
         adapter.parent.mkdir(parents=True, exist_ok=True)
-        run([sys.executable, "-m", "muscle.cli", "train", "--suite", str(update["suite"]), "--task", update["task"],
-             "--old-adapter", str(update["a1"]), "--old-base", str(bases[0]), "--new-adapter", str(start),
-             "--new-base", str(bases[1]), "--output", str(adapter), "--resume", *options], adapter.with_suffix(".log"))
+        run(train_command(update, start, bases, adapter, options), adapter.with_suffix(".log"))
     for which, recipe in update.get("build", {}).items():
         adapter, base = update[which], bases[0 if which == "a1" else 1]
         if (adapter / "adapter_config.json").is_file():
@@ -176,11 +183,7 @@ def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path], 
     if (out / "adapter_config.json").is_file():
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "muscle.cli", "train", "--suite", str(update["suite"]), "--task", update["task"],
-               "--old-adapter", str(update["a1"]), "--old-base", str(bases[0]),
-               "--new-adapter", str(update["a2"]), "--new-base", str(bases[1]),
-               "--output", str(out), "--resume", *recipe, *VARIANTS[name]]
-    return run(command, out.with_suffix(".log"))
+    return run(train_command(update, update["a2"], bases, out, [*recipe, *VARIANTS[name]]), out.with_suffix(".log"))
 
 
 class Evaluator:

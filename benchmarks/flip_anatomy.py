@@ -41,16 +41,24 @@ from pytest_modelcompat import atomic_directory, atomic_write  # noqa: E402
 ENSEMBLE_WEIGHTS = (0.3, 0.5, 0.7)
 
 
-def choice_values(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(old values [n, C], new values [n, C], gold [n]): the log-likelihoods the gate decides on
-    (per character where the task normalises)."""
+def decision_values(task, instances, predictions) -> np.ndarray:
+    """[n, C]: the log-likelihoods the gate takes the argmax of (per character where the task
+    normalises, as ``choose`` does)."""
     def values(prediction, instance):
-        lengths = [float(len(c)) if result.task.normalize and c else 1.0 for c in instance.choices]
+        lengths = [float(len(c)) if task.normalize and c else 1.0 for c in instance.choices]
         return [v / n for v, n in zip(prediction.logliks, lengths)]
 
-    old = np.array([values(p, i) for p, i in zip(result.old, result.instances)])
-    new = np.array([values(p, i) for p, i in zip(result.new, result.instances)])
-    return old, new, np.array([int(i.gold) for i in result.instances])
+    return np.array([values(p, i) for p, i in zip(predictions, instances, strict=True)])
+
+
+def gold_indices(instances) -> np.ndarray:
+    return np.array([int(i.gold) for i in instances])
+
+
+def choice_values(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(old values [n, C], new values [n, C], gold [n]) of a TaskResult."""
+    return (decision_values(result.task, result.instances, result.old),
+            decision_values(result.task, result.instances, result.new), gold_indices(result.instances))
 
 
 def gold_margin(values: np.ndarray, gold: np.ndarray) -> np.ndarray:
