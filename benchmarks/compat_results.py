@@ -53,24 +53,27 @@ GEN_KEYS = ("score_old", "score_new", "nfr_smooth", "pfr_smooth", "m_r", "m_g")
 # epochs, batch 16, prompts + answers cut to 128 tokens. Sized to take ~20-35 min per row on 2 CPU
 # cores (a student pass costs ~1 s per PIQA instance there; choice trains on the informative subset).
 TRAIN_RECIPE = ["--limit", "2000", "--epochs", "3", "--batch-size", "16", "--max-length", "128", "--seed", "0"]
-# variant name → extra `muscle train` options. "default" passes none: it is what a user gets.
+# variant name → extra `muscle train` options. "default" passes none: it is what a user gets. The
+# others start from A2 (--interpolate 0), as every row did before the interpolated start.
 VARIANTS = {
     "default": [],
-    "choice-none": ["--objective", "choice", "--mask", "none"],
-    "choice-old-correct": ["--objective", "choice", "--mask", "old-correct"],
+    # MUSCLE's own start (A2), the default objective: what the default was before the interpolated start
+    "from-a2": ["--interpolate", "0"],
+    "choice-none": ["--interpolate", "0", "--objective", "choice", "--mask", "none"],
+    "choice-old-correct": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct"],
     # the student also adapts every other linear layer of the decoder (the base update touched them all)
-    "choice-wide": ["--objective", "choice", "--mask", "old-correct",
+    "choice-wide": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct",
                     "--add-modules", "k_proj,o_proj,gate_proj,up_proj,down_proj"],
-    "choice-paper": ["--objective", "choice", "--mask", "paper"],
-    "choice-paper-ensemble": ["--objective", "choice", "--mask", "paper", "--new-target", "ensemble"],
-    "choice-old-correct-focal": ["--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
-    "choice-ensemble": ["--objective", "choice", "--mask", "none", "--old-target", "ensemble"],
-    "token-paper": ["--objective", "token", "--mask", "paper", "--precompute-teachers"],
+    "choice-paper": ["--interpolate", "0", "--objective", "choice", "--mask", "paper"],
+    "choice-paper-ensemble": ["--interpolate", "0", "--objective", "choice", "--mask", "paper", "--new-target", "ensemble"],
+    "choice-old-correct-focal": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
+    "choice-ensemble": ["--interpolate", "0", "--objective", "choice", "--mask", "none", "--old-target", "ensemble"],
+    "token-paper": ["--interpolate", "0", "--objective", "token", "--mask", "paper", "--precompute-teachers"],
     # dense signal: M1's next-token distribution on every answer token, student widened to every linear
-    "token-wide-none": ["--objective", "token", "--mask", "none", "--precompute-teachers", "--every-choice",
+    "token-wide-none": ["--interpolate", "0", "--objective", "token", "--mask", "none", "--precompute-teachers", "--every-choice",
                         "--add-modules", "k_proj,o_proj,gate_proj,up_proj,down_proj"],
-    "sequence-old-correct": ["--objective", "sequence", "--mask", "old-correct"],
-    "sequence-none": ["--objective", "sequence", "--mask", "none"],
+    "sequence-old-correct": ["--interpolate", "0", "--objective", "sequence", "--mask", "old-correct"],
+    "sequence-none": ["--interpolate", "0", "--objective", "sequence", "--mask", "none"],
 }
 
 
@@ -100,7 +103,7 @@ PIQA_TEXT_DELTA_OPTIONS = ["--gsm8k-share", "0", "--lr", "1e-3"]
 # *choice* (`muscle train --objective choice --ce-weight 1`: the student scores every choice, as the
 # gate decides, and no teacher term is left), on the compatibility rows' 1,600 train rows, kept by
 # validation loss. A discriminative retrain, to make v2 better than v1 on average.
-CHOICE_CE_A2_OPTIONS = ["--objective", "choice", "--ce-weight", "1", "--train-on", "all", "--select", "loss",
+CHOICE_CE_A2_OPTIONS = ["--interpolate", "0", "--objective", "choice", "--ce-weight", "1", "--train-on", "all", "--select", "loss",
                         "--limit", "2000", "--epochs", "1", "--batch-size", "16", "--max-length", "128",
                         "--seed", "0"]
 
@@ -215,14 +218,19 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
 
     record = json.loads((adapter / "muscle_training.json").read_text())
     config = record["config"]
-    chosen = next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"]
+    chosen = (record["a2_val"] if record["chosen_epoch"] is None
+              else next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"])
+    start = record.get("start", "A2")
     return {"new": name, "objective": config["objective"], "mask": config["mask"],
             "default": name == "default" and config["mask"] == DEFAULT_MASK[config["objective"]]
-            and config.get("old_target", "m1") == DEFAULT_OLD_TARGET[config["objective"]],
+            and config.get("old_target", "m1") == DEFAULT_OLD_TARGET[config["objective"]]
+            and config.get("interpolate") is None,
+            "start": start if start == "A2" else f"θ_α, α = {start['alpha']} (captured {start['captured']:.4f})",
             **metrics, "recipe": recipe + VARIANTS[name],
             "train_s": round(train_s, 1) if train_s is not None else record.get("wall_s"),
             "step_time_s": record["step_time_s"], "n_train": record["task"]["n_train"],
             "n_val": record["task"]["n_val"], "chosen_epoch": record["chosen_epoch"],
+            "kept": record.get("kept", f"epoch {record['chosen_epoch']}"),
             "val_at_chosen_epoch": chosen}
 
 
@@ -278,6 +286,17 @@ def _recipe(row: dict) -> str:
     return f"{rows} rows ({row['n_train']} train / {row['n_val']} val), {epochs} ep"
 
 
+def _start(row: dict) -> str:
+    return "—" if row["objective"] is None else row.get("start", "A2")
+
+
+def _kept(row: dict) -> str:
+    """The candidate selection kept (rows from before the interpolated start: epoch 0 was A2)."""
+    if row["objective"] is None:
+        return "—"
+    return row.get("kept") or ("A2" if row["chosen_epoch"] == 0 else f"epoch {row['chosen_epoch']}")
+
+
 def _f(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -287,7 +306,9 @@ def render_markdown(results: dict) -> str:
              "Produced by `python benchmarks/compat_results.py`. Old stack: A1 on base v1. New stacks on the update's base v2 (per update: see the script's docstring). "
              "Every compatibility row: `muscle train` with the sizes in column *recipe* plus "
              "its own options (column *options*); the default row passes none. Metrics on the task's eval split "
-             "(never trained on); the epoch was chosen on the 20 % validation part of the train file.", ""]
+             "(never trained on). *start*: where training starts (A2, or θ_α: the two stacks' weights interpolated, "
+             "muscle/interpolation.py); *kept*: what selection kept on the 20 % validation part of the train file "
+             "(A2, the start = epoch 0, or a trained epoch).", ""]
     for entry in results["tasks"]:
         n = entry["rows"][0]["n"]
         lines += [f"## update `{entry['update']}` · {entry['task']} ({entry['kind']}, n = {n})", ""]
@@ -299,15 +320,15 @@ def render_markdown(results: dict) -> str:
                       f"{_f(r['m_r'])} | {_f(r['m_g'])} |" for r in entry["rows"]]
         else:
             lines += ["| new stack | objective | mask | default | acc old | acc new | NFR [95 % CI] | PFR | NFR_mc | "
-                      "BTC | McNemar p | options | recipe | train (s) | epoch |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "BTC | McNemar p | options | recipe | start | train (s) | kept |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in entry["rows"]:
                 options = " ".join(VARIANTS.get(r["new"], [])) if r["objective"] else "—"
                 lines.append(
                     f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
                     f"{_f(r['acc_old'])} | {_f(r['acc_new'])} | {_f(r['nfr'])} [{_f(r['nfr_ci'][0])}, {_f(r['nfr_ci'][1])}] | "
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
-                    f"`{options or '(none)'}` | {_recipe(r)} | {_f(r.get('train_s'), 0)} | {r.get('chosen_epoch', '—')} |")
+                    f"`{options or '(none)'}` | {_recipe(r)} | {_start(r)} | {_f(r.get('train_s'), 0)} | {_kept(r)} |")
         t = entry.get("targets")
         if t:
             what = "NFR~" if entry["kind"] == "generative" else "NFR"

@@ -17,7 +17,9 @@ right. Reported per update:
   are unrelated to M1) and the std of t − β·d (moves unrelated to M1; they make flips of their own);
 - weight interpolation (BCWI, arXiv 2301.10546), a training-free candidate: v2 + α·ΔW_A1 +
   (1 − α)·ΔW_A2, the two LoRA deltas combined exactly (rank r1 + r2) by PEFT's
-  ``add_weighted_adapter(combination_type="cat")``, for each α in ``--alphas``.
+  ``add_weighted_adapter(combination_type="cat")``, for each α in ``--alphas``;
+- the whole stacks interpolated, base included (`muscle train`'s start, muscle/interpolation.py),
+  for each α in ``--stack-alphas``.
 
 Writes benchmarks/results/flip_anatomy.{json,md} (sections merged by update).
 """
@@ -90,7 +92,22 @@ def interpolated_adapter(update: dict, v2: Path, alpha: float, out: Path) -> Pat
     return out
 
 
-def anatomy(name: str, update: dict, alphas: list[float]) -> dict:
+def interpolated_start(update: dict, bases: tuple[Path, Path], alpha: float, out: Path) -> Path:
+    """`muscle train`'s start θ_α for the update (both stacks interpolated, as a LoRA on v2), saved once."""
+    if (out / "adapter_config.json").is_file():
+        return out
+    from muscle.interpolation import interpolated_student
+    from pytest_modelcompat import load_base, load_stack
+
+    old = load_stack(update["a1"], bases[0], device="cpu").model
+    new = load_stack(update["a2"], bases[1], device="cpu").model
+    model, _ = interpolated_student(load_base(bases[1], device="cpu")[0], old, new, alpha, "default")
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+    return out
+
+
+def anatomy(name: str, update: dict, alphas: list[float], stack_alphas: list[float]) -> dict:
     bases = ensure_bases(update)
     evaluator = Evaluator(update, bases, None)
     plain = evaluator.result(update["a2"])
@@ -101,7 +118,7 @@ def anatomy(name: str, update: dict, alphas: list[float]) -> dict:
               "a2_nfr": plain.metrics["nfr"], "margin_corr": float(np.corrcoef(g1, g2)[0, 1]),
               "median_abs_margin": float(np.median(np.abs(g2))),
               "median_abs_margin_on_negative_flips": float(np.median(np.abs(g2[negative]))),
-              "ensemble": [], "students": [], "interpolation": []}
+              "ensemble": [], "students": [], "interpolation": [], "stack_interpolation": []}
     for w in ENSEMBLE_WEIGHTS:
         right = (w * softmax(old) + (1 - w) * softmax(new)).argmax(1) == gold
         record["ensemble"].append({"weight_m1": w, "negative_flips": int(((g1 > 0) & ~right).sum()),
@@ -120,6 +137,10 @@ def anatomy(name: str, update: dict, alphas: list[float]) -> dict:
         adapter = interpolated_adapter(update, bases[1], alpha, WORK / name / "interpolated" / f"alpha-{alpha}")
         metrics = evaluator.result(adapter).metrics
         record["interpolation"].append({"alpha": alpha, **{k: metrics[k] for k in MC_KEYS}})
+    for alpha in stack_alphas:
+        adapter = interpolated_start(update, bases, alpha, WORK / name / "interpolated" / f"stacks-alpha-{alpha}")
+        metrics = evaluator.result(adapter).metrics
+        record["stack_interpolation"].append({"alpha": alpha, **{k: metrics[k] for k in MC_KEYS}})
     return record
 
 
@@ -138,10 +159,12 @@ def render_markdown(results: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {s['adapter']} | {s['acc_new']:.3f} | {s['nfr']:.3f} | {s['shift_corr_with_gap']:.3f} | "
                   f"{s['beta']:.3f} | {s['shift_std']:.2f} | {s['unrelated_shift_std']:.2f} |" for s in r["students"]]
-        if r["interpolation"]:
-            lines += ["", "| weight interpolation α | acc new | NFR [95 % CI] | PFR | McNemar p |", "|---|---|---|---|---|"]
-            lines += [f"| {i['alpha']} | {i['acc_new']:.3f} | {i['nfr']:.3f} [{i['nfr_ci'][0]:.3f}, "
-                      f"{i['nfr_ci'][1]:.3f}] | {i['pfr']:.3f} | {i['mcnemar_p']:.3f} |" for i in r["interpolation"]]
+        for key, what in (("interpolation", "the two adapters on v2"), ("stack_interpolation", "the whole stacks")):
+            if r.get(key):
+                lines += ["", f"| weight interpolation of {what}, α | acc new | NFR [95 % CI] | PFR | McNemar p |",
+                          "|---|---|---|---|---|"]
+                lines += [f"| {i['alpha']} | {i['acc_new']:.3f} | {i['nfr']:.3f} [{i['nfr_ci'][0]:.3f}, "
+                          f"{i['nfr_ci'][1]:.3f}] | {i['pfr']:.3f} | {i['mcnemar_p']:.3f} |" for i in r[key]]
         lines.append("")
     return "\n".join(lines)
 
@@ -149,14 +172,16 @@ def render_markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--update", nargs="+", default=["piqa-text", "shipped"], choices=sorted(updates()))
-    parser.add_argument("--alphas", default="0.5,1.0", help="comma-separated weights of A1 in the interpolation")
+    parser.add_argument("--alphas", default="0.5,1.0", help="comma-separated weights of A1 in the adapters' interpolation")
+    parser.add_argument("--stack-alphas", default="0.5", help="comma-separated weights of M1 in the stacks' interpolation")
     args = parser.parse_args(argv)
     os.environ.update(demo.demo_env())
     alphas = [float(a) for a in args.alphas.split(",") if a]
+    stack_alphas = [float(a) for a in args.stack_alphas.split(",") if a]
     # merged by update: re-running one update replaces only its section
     existing = RESULTS / "flip_anatomy.json"
     results = json.loads(existing.read_text()) if existing.is_file() else {}
-    results.update({name: anatomy(name, updates()[name], alphas) for name in args.update})
+    results.update({name: anatomy(name, updates()[name], alphas, stack_alphas) for name in args.update})
     atomic_write(RESULTS / "flip_anatomy.json", json.dumps(results, indent=1) + "\n")
     atomic_write(RESULTS / "flip_anatomy.md", render_markdown(results))
     print(render_markdown(results))

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--add-modules", default="",
                        help="comma-separated modules the compatibility adapter adapts beyond A2's (same rank; "
                             "they start at zero, so training starts at A2), e.g. k_proj,o_proj,gate_proj,up_proj,down_proj")
+    train.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
+                       help="start from the two stacks' weights interpolated, ALPHA·old + (1 − ALPHA)·new, base "
+                            "included, as a LoRA on the new base (needs one architecture; 0: start from A2; "
+                            "default: 0.5 where the bases share an architecture, else 0)")
     train.add_argument("--acc-tolerance", type=float, default=0.005,
                        help="epoch selection: validation accuracy (score) may fall this far below A2's")
     train.add_argument("--precompute-teachers", action="store_true",
@@ -186,7 +190,7 @@ def _train_config(args: argparse.Namespace):
                        every_choice=args.every_choice,
                        acc_tolerance=args.acc_tolerance, precompute_teachers=args.precompute_teachers,
                        top_k=args.top_k, cache=args.cache, no_cache=args.no_cache,
-                       add_modules=tuple(_module_list(args.add_modules)), **common)
+                       add_modules=tuple(_module_list(args.add_modules)), interpolate=args.interpolate, **common)
 
 
 def _module_list(text: str) -> list[str]:
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
         record = train(_train_config(args))
         if record is not None:
-            print(f"wrote {args.output} (epoch {record['chosen_epoch']} chosen by validation {record['selection']})")
+            print(f"wrote {args.output} ({record['kept']} kept by validation {record['selection']})")
         return 0
     except CompatInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

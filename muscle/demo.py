@@ -106,11 +106,12 @@ def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path
 def compat_adapter_dir(task: str, adapters: tuple[Path, Path]) -> Path:
     """Where the compatibility adapter for (A1, A2, recipe) is cached: a changed adapter or recipe
     gets a new directory instead of a stale hit."""
+    from muscle.interpolation import DEFAULT_ALPHA
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET
     from muscle.trainer import DEFAULT_LR
     from pytest_modelcompat import adapter_fingerprint
 
-    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR]
+    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR, DEFAULT_ALPHA]
     key = json.dumps([COMPAT_RECIPE, defaults, [adapter_fingerprint(a) for a in adapters]])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_home() / "demo" / f"{task}_compat_{digest}"
@@ -206,9 +207,9 @@ def run_demo(console) -> int:
     flips = [round(task_metrics(report)["nfr"] * DEMO_LIMIT) for report in (before, after)]
     console.print(
         f"[yellow]✗ the compatibility adapter does not pass the gate either[/] ({elapsed}): negative flips "
-        f"{flips[0]} → {flips[1]} of {DEMO_LIMIT}. `muscle train` kept epoch {record['chosen_epoch']} "
-        f"(epoch 0 = A2 itself: no trained epoch beat A2 on validation, and selection never returns "
-        f"something worse). What the default achieves at full size: benchmarks/results/compat.md.")
+        f"{flips[0]} → {flips[1]} of {DEMO_LIMIT}. `muscle train` kept {record['kept']} on validation "
+        f"(selection never returns something worse than A2 there). What the default achieves at full "
+        f"size: benchmarks/results/compat.md.")
     return 0
 
 

@@ -8,16 +8,17 @@ Read it top to bottom, as torchtune's recipes: :func:`train` is the whole run,
     recipe.save()                         the selected epoch's adapter + muscle_training.json, atomically
 
 - finetune: base + fresh LoRA, CE on the gold continuation tokens.
-- train: student = new base + LoRA initialised from A2 (trainable). What it learns from is the
+- train: student = new base + a trainable LoRA that starts at θ_α, the two stacks' weights
+  interpolated (muscle/interpolation.py; α = 0: A2 itself, MUSCLE's start). What it learns from is the
   objective (muscle/objectives.py): ``token`` (teachers' logits: M1 resident on its own base or
   precomputed to disk, M2 as a second frozen adapter on the student's base), ``choice`` and
   ``sequence`` (the gate's cached predictions of M1 and M2 on the train split; no teacher resident).
 
 Validation (the seeded 20 % of the train file) scores the student with the gate's own code
 (``pytest_modelcompat.predict``); for train, the epoch kept minimises validation NFR against M1 (smooth NFR
-for generative tasks) among the epochs whose accuracy (score) is at least epoch 0's minus
-``acc_tolerance``. Epoch 0 is a candidate, so training never returns something worse on validation
-than A2. Checkpoints (adapter, optimizer, scheduler, sampler, RNG, history) go to
+for generative tasks) among the epochs whose accuracy (score) is at least A2's minus
+``acc_tolerance``. A2 itself is a candidate (epoch 0, or beside an interpolated epoch 0), so training
+never returns something worse on validation than A2. Checkpoints (adapter, optimizer, scheduler, sampler, RNG, history) go to
 ``.<OUT>.work/epoch-N``; ``--resume`` continues from the latest one exactly, and refuses one made
 with another config or other data (``run.json`` there records both).
 """
@@ -64,6 +65,7 @@ class TrainConfig:
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     add_modules: tuple[str, ...] = ()   # train: modules the student adapts beyond A2's (start at zero)
+    interpolate: float | None = None    # train: M1's weight α in the start θ_α (None: DEFAULT_ALPHA where possible)
     lr: float | None = None             # None: DEFAULT_LR of the mode
     epochs: int = 3
     batch_size: int = 8
@@ -191,7 +193,9 @@ class Recipe:
         # and freeing it), so no teacher is ever resident beside the student.
         self.teachers = self._teacher_signals()
         self.old_val = self._old_val_predictions()
-        self.model, self.tokenizer, self.base = _student(config, self.device_name)
+        self.model, self.tokenizer, self.base, self.interpolation = _student(config, self.device_name)
+        # A2 on validation: the accuracy floor of the selection, and a candidate when epoch 0 is not A2.
+        self.a2_val = self._a2_val_metrics() if self.interpolation is not None else None
         self.pad_id = pad_token_id(self.tokenizer)
         self.objective = self._objective()
         train_items = self.objective.items(self.train_inst, train=True)
@@ -213,6 +217,9 @@ class Recipe:
         self.history = _History()
         self.accelerator.register_for_checkpointing(self.history)
         _adapter_checkpointing(self.accelerator)
+        if self.interpolation is not None and self.main:
+            with atomic_directory(self.work / "start") as tmp:  # what save() keeps if epoch 0 wins
+                self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "adapter", selected_adapters=[STUDENT])
         latest = _latest_checkpoint(self.work) if resuming else None
         if latest is not None:
             self.accelerator.load_state(str(latest))
@@ -231,6 +238,11 @@ class Recipe:
         if self.teachers is not None:
             return {inst.id: self.teachers["old"][inst.id] for inst in self.val_inst}
         return self._teacher_predictions("old", self.val_inst)
+
+    def _a2_val_metrics(self) -> dict[str, Any]:
+        new = self.teachers["new"] if self.teachers is not None else self._teacher_predictions("new", self.val_inst)
+        return _prediction_metrics(self.task, [self.old_val[inst.id] for inst in self.val_inst],
+                                   [new[inst.id] for inst in self.val_inst])
 
     def _teacher_predictions(self, which: str, instances):
         from muscle.objectives import teacher_predictions
@@ -326,7 +338,7 @@ class Recipe:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         preds = None
-        if epoch == 0 and self.teachers is not None:
+        if epoch == 0 and self.teachers is not None and self.interpolation is None:
             # Epoch 0 is A2 on the same base, dtype and device: the gate's cached A2 predictions are
             # what scoring it would give (scores do not depend on batch or order), one pass saved.
             preds = [self.teachers["new"][inst.id] for inst in self.val_inst]
@@ -347,7 +359,9 @@ class Recipe:
         import os
 
         config = self.config
-        chosen = choose_epoch(self.history.epochs, config.selection(), self.task.kind, config.acc_tolerance)
+        chosen = choose_epoch(self.history.epochs, config.selection(), self.task.kind, config.acc_tolerance,
+                              baseline=self.a2_val)
+        keeps_a2 = chosen is None or (chosen == 0 and self.interpolation is None)
         # The record is shipped with the adapter: local paths are stored relative to the suite file's
         # directory (no machine paths); hub names and None stay as they are. A base that exists here
         # is local (the stack loaded it as a dir or .gguf); one that does not was loaded as a hub name.
@@ -375,7 +389,10 @@ class Recipe:
                      "n_val": len(self.val_inst)},
             "teachers": self.teacher_mode,
             "epochs": self.history.epochs,
+            "start": asdict(self.interpolation) if self.interpolation is not None else "A2",
+            "a2_val": self.a2_val,
             "chosen_epoch": chosen,
+            "kept": "A2" if keeps_a2 else f"epoch {chosen}",
             "selection": config.selection(),
             "step_time_s": statistics.median(self.step_times) if self.step_times else None,
             "wall_s": round(time.monotonic() - self.started, 1),
@@ -385,10 +402,11 @@ class Recipe:
         self.accelerator.wait_for_everyone()
         if self.main:
             with atomic_directory(self.output) as tmp:
-                if chosen == 0:   # nothing beat the starting point: A2 itself is the answer
+                if keeps_a2:   # nothing beat A2 on validation: A2 itself is the answer
                     _copy_adapter_files(Path(config.new_adapter), tmp)
                 else:
-                    for item in (self.work / f"epoch-{chosen}" / "adapter").iterdir():
+                    kept = self.work / ("start" if chosen == 0 else f"epoch-{chosen}") / "adapter"
+                    for item in kept.iterdir():
                         shutil.copy2(item, tmp / item.name)
                 atomic_write(tmp / TRAINING_JSON, json.dumps(record, indent=1) + "\n")
             shutil.rmtree(self.work, ignore_errors=True)
@@ -428,9 +446,12 @@ def preflight(config: TrainConfig):
     for name in ("epochs", "batch_size", "max_length", "rank", "top_k"):
         if getattr(config, name) < 1:
             raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer")
-    for name in ("ce_weight", "ensemble_weight"):
-        if not 0.0 <= getattr(config, name) <= 1.0:
+    for name in ("ce_weight", "ensemble_weight", "interpolate"):
+        if getattr(config, name) is not None and not 0.0 <= getattr(config, name) <= 1.0:
             raise CompatInputError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if config.add_modules and config.interpolate:
+        raise CompatInputError("--add-modules widens A2 as the start; --interpolate starts elsewhere: "
+                               "pass one of them (--interpolate 0 with --add-modules)")
     if config.focal_weight < 0 or config.acc_tolerance < 0:
         raise CompatInputError("--focal-weight and --acc-tolerance must be zero or positive")
     if config.temperature <= 0 or config.learning_rate() <= 0:
@@ -536,7 +557,8 @@ def _train_instances(task, config: TrainConfig):
 
 
 def _student(config: TrainConfig, device: str):
-    """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref)."""
+    """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref,
+    the Interpolation of the start or None where it is A2)."""
     from peft import LoraConfig, get_peft_model
 
     from muscle.losses.token import needs_new_teacher
@@ -549,13 +571,16 @@ def _student(config: TrainConfig, device: str):
         model, tokenizer, _ = load_base(config.base, **opts)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
                           task_type="CAUSAL_LM")
-        return get_peft_model(model, lora), tokenizer, model.name_or_path
+        return get_peft_model(model, lora), tokenizer, model.name_or_path, None
     base = config.base or read_adapter_config(config.new_adapter).get("base_model_name_or_path")
     if not base:
         raise CompatInputError(f"adapter {config.new_adapter!r} does not name its base; pass --new-base")
     model, tokenizer, _ = load_base(base, **opts)
+    interpolation = None
     if config.add_modules:
         model = _widened_student(model, config)
+    elif config.interpolate != 0.0 and (start := _interpolated_student(model, config, opts)) is not None:
+        model, interpolation = start
     else:
         model = attach_adapter(model, config.new_adapter, name=STUDENT, trainable=True,
                                allow_pickle=config.allow_pickle)
@@ -564,7 +589,31 @@ def _student(config: TrainConfig, device: str):
     model.peft_config[STUDENT].base_model_name_or_path = model.base_model.model.name_or_path
     if config.objective == "token" and needs_new_teacher(config.mask):
         attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
-    return model, tokenizer, model.base_model.model.name_or_path
+    return model, tokenizer, model.base_model.model.name_or_path, interpolation
+
+
+def _interpolated_student(base, config: TrainConfig, opts: dict):
+    """(student at θ_α on ``base``, its Interpolation); None where the default α meets two
+    architectures (another base family: the student starts at A2, as MUSCLE does)."""
+    from muscle.interpolation import DEFAULT_ALPHA, interpolated_student, same_architecture
+    from pytest_modelcompat import load_stack
+
+    old = load_stack(config.old_adapter, config.old_base, **opts).model
+    differs = same_architecture(old, base)
+    if differs is not None:
+        if config.interpolate is not None:
+            raise CompatInputError(f"--interpolate needs old and new bases of one architecture; they differ "
+                                   f"({differs}): pass --interpolate 0")
+        return None
+    new = load_stack(config.new_adapter, config.base, **opts).model
+    alpha = DEFAULT_ALPHA if config.interpolate is None else config.interpolate
+    try:
+        start = interpolated_student(base, old, new, alpha, STUDENT)
+    except ValueError as exc:   # identical stacks
+        raise CompatInputError(str(exc)) from None
+    del old, new
+    gc.collect()
+    return start
 
 
 def _widened_student(model, config: TrainConfig):
@@ -616,21 +665,27 @@ def _prediction_metrics(task, old_preds, new_preds) -> dict[str, float | None]:
     return {"acc": m["acc_new"], "acc_old": m["acc_old"], "nfr": m["nfr"], "pfr": m["pfr"], "nfr_mc": m["nfr_mc"]}
 
 
-def choose_epoch(history: list[dict[str, Any]], selection: str, kind: str, acc_tolerance: float = 0.005) -> int:
-    """The epoch to keep.
+def choose_epoch(history: list[dict[str, Any]], selection: str, kind: str, acc_tolerance: float = 0.005,
+                 baseline: dict[str, Any] | None = None) -> int | None:
+    """The epoch to keep; None for A2 itself.
 
     ``loss`` (finetune): the trained epoch with the lowest validation loss. ``nfr`` (train): among
-    all epochs, epoch 0 (the unchanged A2) included, those whose validation accuracy (score for
-    generative tasks) is at least epoch 0's − ``acc_tolerance``; of these the lowest validation NFR
-    (smooth NFR), then the higher accuracy, then the earlier epoch.
+    the candidates, A2 included, those whose validation accuracy (score for generative tasks) is at
+    least A2's − ``acc_tolerance``; of these the lowest validation NFR (smooth NFR), then the higher
+    accuracy, then A2, then the earlier epoch. Epoch 0 is A2 unless ``baseline`` is given (A2's
+    validation metrics, when epoch 0 is an interpolated start).
     """
     if selection == "loss":
         trained = [h for h in history if h["epoch"] >= 1]
         return min(trained, key=lambda h: (h["val"]["loss"], h["epoch"]))["epoch"]
     flip, gain = ("nfr_smooth", "score") if kind == "generative" else ("nfr", "acc")
-    floor = history[0]["val"][gain] - acc_tolerance
-    feasible = [h for h in history if h["epoch"] == 0 or h["val"][gain] >= floor - 1e-12]
-    return min(feasible, key=lambda h: (h["val"][flip], -h["val"][gain], h["epoch"]))["epoch"]
+    candidates = [(h["epoch"], h["val"]) for h in history]
+    if baseline is not None:
+        candidates.insert(0, (None, baseline))
+    a2_epoch, a2 = candidates[0]
+    floor = a2[gain] - acc_tolerance
+    feasible = [(epoch, val) for epoch, val in candidates if epoch is a2_epoch or val[gain] >= floor - 1e-12]
+    return min(feasible, key=lambda c: (c[1][flip], -c[1][gain], -1 if c[0] is None else c[0]))[0]
 
 
 def _copy_adapter_files(adapter: Path, out: Path) -> None:

@@ -97,7 +97,7 @@ def _train(task_dir, adapters, out, data, task, *extra, epochs=EPOCHS):
     a1, a2 = adapters
     argv = ["train", "--suite", str(task_dir / f"suite_{data}.yaml"), "--task", task, "--old-adapter", str(a1),
             "--new-adapter", str(a2), "--output", str(out), "--epochs", epochs, "--lr", "2e-2", "--batch-size", "8",
-            "--device", "cpu", "--no-cache", *extra]
+            "--device", "cpu", "--no-cache", "--interpolate", "0", *extra]   # objectives from A2's start
     assert cli.main(argv) == 0
     return _record(out)
 
@@ -298,7 +298,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(task_dir, adapters, tmp_p
     a1, a2 = adapters
     argv = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter", str(a1),
             "--new-adapter", str(a2), "--output", str(out), "--epochs", "2", "--lr", "1e-3", "--batch-size", "8",
-            "--device", "cpu", "--no-cache", "--resume"]
+            "--device", "cpu", "--no-cache", "--interpolate", "0", "--resume"]
     capsys.readouterr()
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

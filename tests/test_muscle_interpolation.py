@@ -1,0 +1,166 @@
+"""The interpolated start (muscle/interpolation.py): θ_α as a LoRA on the new base, exact where the
+update is low-rank, honest about what LoRA cannot carry; its place in `muscle train`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from muscle import cli, trainer
+from muscle.interpolation import interpolated_student, linear_weights
+from pytest_modelcompat import load_stack
+
+SUITE = """tasks:
+  - name: pick
+    kind: multiple_choice
+    data: rows.jsonl
+    train: rows.jsonl
+    text: "Item {{word}}"
+    choices: ["yes", "no"]
+    label: "{{label}}"
+"""
+WORDS = "cat dog jar movie Anna Bob lunch noon spoon mat".split()
+
+
+@pytest.fixture(scope="module")
+def low_rank_update(tmp_path_factory, tiny_base):
+    """Base v2 = v1 with a rank-2 change to every linear layer (embeddings and norms untouched), as a
+    base update trained with LoRA and merged; and A2 on it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests import tiny
+
+    out = tmp_path_factory.mktemp("base_v2_low_rank")
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                rows, cols = module.weight.shape
+                module.weight += 0.3 * torch.randn(rows, 2, generator=generator) @ torch.randn(2, cols, generator=generator) / cols ** 0.5
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(out)
+    return out, tiny.build_adapter(tmp_path_factory.mktemp("a2_low_rank"), out, seed=12)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _start(tiny_adapter, tiny_base, a2, base_v2, alpha):
+    from pytest_modelcompat import load_base
+
+    old, new = load_stack(tiny_adapter, tiny_base, device="cpu"), load_stack(a2, base_v2, device="cpu")
+    base = load_base(base_v2, device="cpu")[0]
+    student, report = interpolated_student(base, old.model, new.model, alpha, "student")
+    return student, report, old.model, new.model
+
+
+@pytest.mark.parametrize("alpha, which", [(1.0, "old"), (0.0, "new")])
+def test_the_ends_of_the_interpolation_are_the_two_stacks(tiny_adapter, tiny_base, low_rank_update, alpha, which):
+    base_v2, a2 = low_rank_update
+    student, report, old, new = _start(tiny_adapter, tiny_base, a2, base_v2, alpha)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    assert torch.allclose(_logits(student, ids), _logits(old if which == "old" else new, ids), atol=1e-4)
+    assert report.captured == pytest.approx(1.0) and report.uncaptured == []
+
+
+def test_the_midpoint_has_the_mean_of_every_linear_weight(tiny_adapter, tiny_base, low_rank_update):
+    base_v2, a2 = low_rank_update
+    student, report, old, new = _start(tiny_adapter, tiny_base, a2, base_v2, 0.5)
+    student_w, old_w, new_w = linear_weights(student), linear_weights(old), linear_weights(new)
+    assert set(student_w) == set(old_w) == set(new_w)
+    for name, weight in student_w.items():
+        assert torch.allclose(weight, (old_w[name] + new_w[name]) / 2, atol=1e-5), name
+    # The update moved every linear layer; A1/A2 add their q_proj/v_proj deltas. Rank: 2 (base update)
+    # + 4 (A1) + 4 (A2) at most, so the SVD keeps it exactly.
+    assert report.modules == len(old_w) and report.max_rank <= 10
+    assert not any(p.requires_grad for n, p in student.named_parameters() if "lora_" not in n)
+    assert all(p.requires_grad for n, p in student.named_parameters() if "lora_" in n)
+
+
+def test_what_lora_cannot_carry_is_reported(tiny_adapter, tiny_base, tiny_base_v2, tiny_adapter_v2):
+    # Two random bases: the embeddings differ too, and a LoRA on linear layers cannot move them.
+    _, report, _, _ = _start(tiny_adapter, tiny_base, tiny_adapter_v2, tiny_base_v2, 0.5)
+    assert "model.embed_tokens.weight" in report.uncaptured
+    assert 0.0 < report.captured < 1.0
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    d = tmp_path_factory.mktemp("suite")
+    (d / "rows.jsonl").write_text("".join(json.dumps({"word": w, "label": i % 2}) + "\n"
+                                          for i, w in enumerate(WORDS * 3)))
+    (d / "suite.yaml").write_text(SUITE)
+    return d / "suite.yaml"
+
+
+def _train(suite, old, new, out, *extra):
+    (a1, b1), (a2, b2) = old, new
+    return cli.main(["train", "--suite", str(suite), "--task", "pick", "--old-adapter", str(a1), "--old-base", str(b1),
+                     "--new-adapter", str(a2), "--new-base", str(b2), "--output", str(out), "--epochs", "1",
+                     "--device", "cpu", "--no-cache", *extra])
+
+
+def test_train_starts_at_the_midpoint_by_default_and_records_it(suite, tiny_adapter, tiny_base, low_rank_update,
+                                                                 tmp_path):
+    base_v2, a2 = low_rank_update
+    assert _train(suite, (tiny_adapter, tiny_base), (a2, base_v2), tmp_path / "out") == 0
+    record = json.loads((tmp_path / "out" / trainer.TRAINING_JSON).read_text())
+    assert record["start"]["alpha"] == 0.5 and record["start"]["captured"] == pytest.approx(1.0)
+    # A2 is a candidate beside the start: its validation metrics are there, scored from its predictions.
+    assert record["a2_val"]["acc"] is not None and record["kept"] in ("A2", "epoch 0", "epoch 1")
+    assert record["epochs"][0]["val"] != record["a2_val"]
+
+
+def test_interpolate_0_starts_from_a2(suite, tiny_adapter, tiny_base, low_rank_update, tmp_path):
+    base_v2, a2 = low_rank_update
+    assert _train(suite, (tiny_adapter, tiny_base), (a2, base_v2), tmp_path / "out", "--interpolate", "0") == 0
+    record = json.loads((tmp_path / "out" / trainer.TRAINING_JSON).read_text())
+    assert record["start"] == "A2" and record["a2_val"] is None
+
+
+def test_across_architectures_the_default_starts_from_a2_and_an_explicit_alpha_is_refused(
+        suite, low_rank_update, tmp_path, capsys):
+    from tests import tiny
+
+    base_v2, a2 = low_rank_update
+    other_tok = tiny.build_tokenizer(tmp_path / "tok", vocab_size=300)
+    other_base = tiny.build_base(tmp_path / "other", other_tok, seed=5, hidden=48)
+    old = (tiny.build_adapter(tmp_path / "a1_other", other_base, seed=7), other_base)
+    assert _train(suite, old, (a2, base_v2), tmp_path / "out", "--objective", "choice") == 0
+    assert json.loads((tmp_path / "out" / trainer.TRAINING_JSON).read_text())["start"] == "A2"
+    capsys.readouterr()
+    assert _train(suite, old, (a2, base_v2), tmp_path / "refused", "--objective", "choice",
+                  "--interpolate", "0.5") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--interpolate needs old and new bases of one architecture" in err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_add_modules_with_an_interpolated_start_is_refused(suite, tiny_adapter, tiny_base, low_rank_update,
+                                                           tmp_path, capsys):
+    base_v2, a2 = low_rank_update
+    assert _train(suite, (tiny_adapter, tiny_base), (a2, base_v2), tmp_path / "out", "--interpolate", "0.5",
+                  "--add-modules", "k_proj") == 2
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_selection_with_an_interpolated_start_keeps_a2_as_a_candidate():
+    def val(acc, nfr):
+        return {"acc": acc, "nfr": nfr}
+
+    a2 = val(0.70, 0.05)
+    history = [{"epoch": 0, "val": val(0.70, 0.02)}, {"epoch": 1, "val": val(0.71, 0.03)}]
+    assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) == 0
+    # the start drops accuracy beyond the tolerance: A2's accuracy is the floor, not the start's
+    history[0]["val"] = val(0.68, 0.01)
+    assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) == 1
+    history[1]["val"] = val(0.69, 0.01)
+    assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) is None
+    # nothing flips less than A2: A2 itself (None), ahead of an equal epoch
+    history = [{"epoch": 0, "val": val(0.70, 0.06)}, {"epoch": 1, "val": val(0.70, 0.05)}]
+    assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) is None
