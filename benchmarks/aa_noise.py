@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.flip_anatomy import decision_values, gold_indices, gold_margin  # noqa: E402
+from benchmarks.flip_anatomy import gold_indices, gold_margin, task_decision_values  # noqa: E402
 from muscle import demo  # noqa: E402
 from pytest_modelcompat import atomic_write  # noqa: E402
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         stack = load_stack(demo.ADAPTER_V2, base, device="cpu", dtype=dtype)
         order = instances[::-1] if reverse else instances
         predictions = predict(stack, task, order, batch_size=batch_size)
-        margins = gold_margin(decision_values(task, order, predictions), gold_indices(order))
+        margins = gold_margin(task_decision_values(task, order, predictions), gold_indices(order))
         return margins[::-1] if reverse else margins
 
     reference = score("float32", args.batch_size, False)

@@ -43,14 +43,12 @@ from pytest_modelcompat import atomic_directory, atomic_write  # noqa: E402
 ENSEMBLE_WEIGHTS = (0.3, 0.5, 0.7)
 
 
-def decision_values(task, instances, predictions) -> np.ndarray:
-    """[n, C]: the log-likelihoods the gate takes the argmax of (per character where the task
-    normalises, as ``choose`` does)."""
-    def values(prediction, instance):
-        lengths = [float(len(c)) if task.normalize and c else 1.0 for c in instance.choices]
-        return [v / n for v, n in zip(prediction.logliks, lengths)]
+def task_decision_values(task, instances, predictions) -> np.ndarray:
+    """[n, C]: per instance, the values the gate takes the argmax of."""
+    from pytest_modelcompat import decision_values
 
-    return np.array([values(p, i) for p, i in zip(predictions, instances, strict=True)])
+    return np.array([decision_values(p.logliks, i.choices, task.normalize)
+                     for p, i in zip(predictions, instances, strict=True)])
 
 
 def gold_indices(instances) -> np.ndarray:
@@ -59,8 +57,8 @@ def gold_indices(instances) -> np.ndarray:
 
 def choice_values(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(old values [n, C], new values [n, C], gold [n]) of a TaskResult."""
-    return (decision_values(result.task, result.instances, result.old),
-            decision_values(result.task, result.instances, result.new), gold_indices(result.instances))
+    return (task_decision_values(result.task, result.instances, result.old),
+            task_decision_values(result.task, result.instances, result.new), gold_indices(result.instances))
 
 
 def gold_margin(values: np.ndarray, gold: np.ndarray) -> np.ndarray:

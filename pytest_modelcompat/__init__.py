@@ -21,7 +21,8 @@ top (``session.py``, ``assertions.py``, ``plugin.py``).
   :func:`smollm2_gguf_path`, :func:`gemma3_gguf_path`; the device and dtype choices
   :data:`DEVICES` (and their forms, :data:`DEVICE_FORMS`), :data:`DTYPES` and their defaults
   :data:`DEFAULT_DEVICE`, :data:`DEFAULT_DTYPE`.
-- Scoring: :func:`predict` (one stack, cached) → :class:`Prediction`; :func:`evaluate_task`
+- Scoring: :func:`predict` (one stack, cached) → :class:`Prediction`; :func:`decision_values` (what a
+  multiple-choice decision takes the argmax of); :func:`evaluate_task`
   (old stack or snapshot vs new stack) and :func:`compare` (two prediction columns) →
   :class:`TaskResult`; :data:`DEFAULT_BATCH_SIZE`; the engine's :func:`loglikelihoods`,
   :func:`generate`, and what muscle trains through: :func:`packed_choice_loglikelihoods`,
@@ -79,7 +80,12 @@ if TYPE_CHECKING:
         pad_token_id,
     )
     from pytest_modelcompat.scoring.evaluate import TaskResult, compare, evaluate_task
-    from pytest_modelcompat.scoring.predictions import DEFAULT_BATCH_SIZE, Prediction, predict
+    from pytest_modelcompat.scoring.predictions import (
+        DEFAULT_BATCH_SIZE,
+        Prediction,
+        decision_values,
+        predict,
+    )
     from pytest_modelcompat.scoring.processes import launched_processes
     from pytest_modelcompat.session import Evaluation, Session, SessionOptions, StackLoadError
     from pytest_modelcompat.tasks.spec import Instance, TaskSpec
@@ -111,7 +117,7 @@ _OWNERS: dict[str, str] = {
     **dict.fromkeys(("encode_request", "generate", "loglikelihoods", "packed_choice_loglikelihoods",
                      "pad_token_id"), "scoring.engine"),
     **dict.fromkeys(("TaskResult", "compare", "evaluate_task"), "scoring.evaluate"),
-    **dict.fromkeys(("DEFAULT_BATCH_SIZE", "Prediction", "predict"), "scoring.predictions"),
+    **dict.fromkeys(("DEFAULT_BATCH_SIZE", "Prediction", "decision_values", "predict"), "scoring.predictions"),
     **dict.fromkeys(("launched_processes",), "scoring.processes"),
     **dict.fromkeys(("Evaluation", "Session", "SessionOptions", "StackLoadError"), "session"),
     **dict.fromkeys(("Instance", "TaskSpec"), "tasks.spec"),
@@ -125,7 +131,7 @@ __all__ = [
     "Session", "SessionOptions", "Snapshot", "Stack", "StackLoadError", "TaskReport", "TaskResult", "TaskSpec",
     "__version__", "adapter_fingerprint", "atomic_directory", "atomic_write", "attach_adapter", "build_report",
     "cache_home", "check_adapter_files", "check_stack_files", "check_writable_dir", "compare", "convert_gguf",
-    "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "gemma3_gguf_path", "generate",
+    "decision_values", "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "gemma3_gguf_path", "generate",
     "generative_metrics", "launched_processes", "linear_module_names", "load_base", "load_instances",
     "load_snapshot", "load_stack", "load_suite", "load_tokenizer", "loglikelihoods", "make_progress",
     "packed_choice_loglikelihoods", "pad_token_id",

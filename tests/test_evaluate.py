@@ -96,6 +96,14 @@ def test_choose_breaks_ties_like_numpy_argmax():
     assert predictions.choose([-4.0, -3.0], ["abcd", "a"], normalize=True) == 0
 
 
+def test_decision_values_are_what_choose_and_the_margin_read():
+    # docs/metrics.md's worked example: acc picks "yes", acc_norm picks "no way"
+    assert predictions.decision_values([-2.1, -3.0], ["yes", "no way"], normalize=False) == [-2.1, -3.0]
+    assert predictions.decision_values([-2.1, -3.0], ["yes", "no way"], normalize=True) == pytest.approx([-0.7, -0.5])
+    assert predictions.choose([-2.1, -3.0], ["yes", "no way"], normalize=True) == 1
+    assert predictions.decision_values([-2.0], [""], normalize=True) == [-2.0]   # an empty choice counts as 1
+
+
 def test_cache_reuses_hits_and_computes_only_misses(tmp_path, stacks, monkeypatch):
     old, _ = stacks
     task = _suite(tmp_path)["mc"]

@@ -94,15 +94,20 @@ class Prediction:
 # choosing and extracting answers
 
 
+def decision_values(logliks: Sequence[float], choices: Sequence[str], normalize: bool) -> list[float]:
+    """The values a multiple-choice decision takes the argmax of: the log-likelihoods, or with
+    ``normalize`` (lm-eval's acc_norm) log-likelihood / len(choice) in characters (an empty choice
+    counts as length 1)."""
+    if not normalize:
+        return [float(value) for value in logliks]
+    return [float(value) / (float(len(choice)) or 1.0) for value, choice in zip(logliks, choices, strict=True)]
+
+
 def choose(logliks: Sequence[float], choices: Sequence[str], normalize: bool) -> int:
-    """lm-eval's ``pred`` / ``pred_norm``: first argmax of the log-likelihoods, or of
-    log-likelihood / len(choice) in characters."""
+    """lm-eval's ``pred`` / ``pred_norm``: the first argmax of :func:`decision_values`."""
     import numpy as np
 
-    values = np.asarray(logliks, dtype=float)
-    if normalize:
-        values = values / np.asarray([float(len(choice)) for choice in choices])
-    return int(np.argmax(values))
+    return int(np.argmax(decision_values(logliks, choices, normalize)))
 
 
 def prediction_margin(prediction: Prediction, instance: Instance, task: TaskSpec) -> float | None:
@@ -114,10 +119,7 @@ def prediction_margin(prediction: Prediction, instance: Instance, task: TaskSpec
         return None
     if len(prediction.logliks) != len(instance.choices):
         return None
-    values = list(prediction.logliks)
-    if task.normalize:
-        values = [value / float(len(choice)) if choice else value for value, choice in zip(values, instance.choices)]
-    return decision_margin(values)
+    return decision_margin(decision_values(prediction.logliks, instance.choices, task.normalize))
 
 
 def normalize_answer(answer: str) -> str:
