@@ -47,7 +47,8 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
     p.add_argument("--task", required=True, help="task name in the suite; trains on its `train:` file")
     p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the train split")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="passes over the train split (train: 0 keeps the interpolated start or A2, untrained)")
     from muscle.trainer import DEFAULT_LR
     from pytest_modelcompat import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
 

@@ -443,7 +443,11 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
     if config.old_target is not None and config.old_target not in OLD_TARGETS:
         raise CompatInputError(f"--old-target {config.old_target!r} is unknown; choose one of {', '.join(OLD_TARGETS)}")
-    for name in ("epochs", "batch_size", "max_length", "rank", "top_k"):
+    if config.epochs < 0 or (config.epochs == 0 and (config.mode == "finetune" or config.interpolate == 0.0
+                                                     or config.select == "loss")):
+        raise CompatInputError("--epochs must be a positive integer (0 only for `muscle train` from an "
+                               "interpolated start, selected by validation NFR: it keeps the start or A2)")
+    for name in ("batch_size", "max_length", "rank", "top_k"):
         if getattr(config, name) < 1:
             raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer")
     for name in ("ce_weight", "ensemble_weight", "interpolate"):

@@ -164,3 +164,14 @@ def test_selection_with_an_interpolated_start_keeps_a2_as_a_candidate():
     # nothing flips less than A2: A2 itself (None), ahead of an equal epoch
     history = [{"epoch": 0, "val": val(0.70, 0.06)}, {"epoch": 1, "val": val(0.70, 0.05)}]
     assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) is None
+
+
+def test_epochs_0_keeps_the_start_or_a2_untrained(suite, tiny_adapter, tiny_base, low_rank_update, tmp_path, capsys):
+    base_v2, a2 = low_rank_update
+    stacks = (tiny_adapter, tiny_base), (a2, base_v2)
+    assert _train(suite, *stacks, tmp_path / "out", "--epochs", "0") == 0
+    record = json.loads((tmp_path / "out" / trainer.TRAINING_JSON).read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [0] and record["kept"] in ("A2", "epoch 0")
+    # from A2 there is nothing to keep but A2: refused, like finetune with no epochs
+    assert _train(suite, *stacks, tmp_path / "refused", "--epochs", "0", "--interpolate", "0") == 2
+    assert "--epochs must be a positive integer (0 only for `muscle train`" in capsys.readouterr().err
