@@ -198,10 +198,10 @@ class Recipe:
         self.a2_val = self._a2_val_metrics() if self.interpolation is not None else None
         self.pad_id = pad_token_id(self.tokenizer)
         self.objective = self._objective()
-        train_items = self.objective.items(self.train_inst, train=True)
+        train_items = self.objective.items(self.train_inst, train=True) if config.epochs else []
         self.val_items = self.objective.items(self.val_inst, start=len(train_items))
         self._attach_teacher_stores(train_items + self.val_items)
-        if not train_items and self.main:
+        if not train_items and config.epochs and self.main:
             self.progress.console.print("nothing to train on: every train instance's target already equals A2's "
                                         "behaviour; the output is A2 (epoch 0)")
 
@@ -228,7 +228,8 @@ class Recipe:
         """choice / sequence: both teachers' gate predictions on the whole train file, by instance id."""
         if self.config.mode == "finetune" or self.config.objective not in ("choice", "sequence"):
             return None
-        everything = self.train_inst + self.val_inst
+        # --epochs 0 trains nothing: only validation needs the teachers
+        everything = (self.train_inst if self.config.epochs else []) + self.val_inst
         return {"old": self._teacher_predictions("old", everything), "new": self._teacher_predictions("new", everything)}
 
     def _old_val_predictions(self):
