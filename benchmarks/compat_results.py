@@ -50,7 +50,7 @@ MC_KEYS = ("acc_old", "acc_new", "nfr", "nfr_ci", "pfr", "nfr_mc", "btc", "mcnem
 GEN_KEYS = ("score_old", "score_new", "nfr_smooth", "pfr_smooth", "m_r", "m_g")
 
 # What every compatibility row shares: 2,000 train rows (80/20 → 1,600 train / 400 validation), three
-# epochs, batch 16, prompts + answers cut to 128 tokens. Sized to take ~20-35 min per row on 2 CPU
+# epochs (except the default row: `muscle train`'s own, 0), batch 16, prompts + answers cut to 128 tokens. Sized to take ~20-35 min per row on 2 CPU
 # cores (a student pass costs ~1 s per PIQA instance there; choice trains on the informative subset).
 TRAIN_RECIPE = ["--limit", "2000", "--epochs", "3", "--batch-size", "16", "--max-length", "128", "--seed", "0"]
 # variant name → extra `muscle train` options. "default" passes none: it is what a user gets. The
@@ -59,6 +59,10 @@ VARIANTS = {
     "default": [],
     # MUSCLE's own start (A2), the default objective: what the default was before the interpolated start
     "from-a2": ["--interpolate", "0"],
+    # the interpolated start (the default), then distilled with the default objective for 3 epochs
+    "start-3ep": [],
+    # the interpolated start untrained, measured before it became the default (= the default row)
+    "start-only": ["--epochs", "0"],
     "choice-none": ["--interpolate", "0", "--objective", "choice", "--mask", "none"],
     "choice-old-correct": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct"],
     # the student also adapts every other linear layer of the decoder (the base update touched them all)
@@ -75,6 +79,15 @@ VARIANTS = {
     "sequence-old-correct": ["--interpolate", "0", "--objective", "sequence", "--mask", "old-correct"],
     "sequence-none": ["--interpolate", "0", "--objective", "sequence", "--mask", "none"],
 }
+
+
+def variant_recipe(name: str, recipe: list[str]) -> list[str]:
+    """The shared sizes plus the variant's options. The default row runs `muscle train`'s own epochs
+    (0: the interpolated start, untrained), so it drops the shared --epochs."""
+    if name == "default":
+        at = recipe.index("--epochs")
+        recipe = recipe[:at] + recipe[at + 2:]
+    return [*recipe, *VARIANTS[name]]
 
 
 def fits(variant: str, kind: str) -> bool:
@@ -186,7 +199,7 @@ def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path], 
     if (out / "adapter_config.json").is_file():
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    return run(train_command(update, update["a2"], bases, out, [*recipe, *VARIANTS[name]]), out.with_suffix(".log"))
+    return run(train_command(update, update["a2"], bases, out, variant_recipe(name, recipe)), out.with_suffix(".log"))
 
 
 class Evaluator:
@@ -226,7 +239,7 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
             and config.get("old_target", "m1") == DEFAULT_OLD_TARGET[config["objective"]]
             and config.get("interpolate") is None,
             "start": start if start == "A2" else f"θ_α, α = {start['alpha']} (captured {start['captured']:.4f})",
-            **metrics, "recipe": recipe + VARIANTS[name],
+            **metrics, "recipe": variant_recipe(name, recipe),
             "train_s": round(train_s, 1) if train_s is not None else record.get("wall_s"),
             "step_time_s": record["step_time_s"], "n_train": record["task"]["n_train"],
             "n_val": record["task"]["n_val"], "chosen_epoch": record["chosen_epoch"],
@@ -282,7 +295,9 @@ def _recipe(row: dict) -> str:
     if not row.get("recipe"):
         return "—"
     recipe = row["recipe"]
-    rows, epochs = recipe[recipe.index("--limit") + 1], recipe[recipe.index("--epochs") + 1]
+    # the last --epochs counts (argparse): a variant's own overrides the shared recipe's
+    epochs = recipe[len(recipe) - 1 - recipe[::-1].index("--epochs") + 1] if "--epochs" in recipe else "0 (default)"
+    rows = recipe[recipe.index("--limit") + 1]
     return f"{rows} rows ({row['n_train']} train / {row['n_val']} val), {epochs} ep"
 
 

@@ -44,14 +44,17 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
 
 
 def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
+    from muscle.trainer import DEFAULT_EPOCHS, DEFAULT_LR
+    from pytest_modelcompat import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+
     p.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
     p.add_argument("--task", required=True, help="task name in the suite; trains on its `train:` file")
     p.add_argument("--output", required=True, help="output adapter dir (written atomically at the end)")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="passes over the train split (train: 0 keeps the interpolated start or A2, untrained)")
-    from muscle.trainer import DEFAULT_LR
-    from pytest_modelcompat import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
-
+    p.add_argument("--epochs", type=int, default=None if mode == "train" else DEFAULT_EPOCHS[mode],
+                   help="passes over the train split" + (" (default 0: the interpolated start or A2, whichever "
+                                                         f"validation prefers, untrained; {DEFAULT_EPOCHS['finetune']} "
+                                                         "from A2 with --interpolate 0 or --add-modules)"
+                                                         if mode == "train" else ""))
     p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
     p.add_argument("--batch-size", type=int, default=8, help="training examples per optimizer step")
     p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt cut from the left)")

@@ -49,6 +49,10 @@ _NOT_IDENTITY = ("resume", "output")
 # Learning rates per mode: plain LoRA fine-tuning from a fresh adapter, and compatibility training
 # from A2 (measured: benchmarks/results/compat.md).
 DEFAULT_LR = {"finetune": 2e-4, "train": 1e-3}
+# Epochs per mode. train: 0, the interpolated start kept untrained (or A2, by validation): trained on
+# from there, every measured run added flips on unseen rows (docs/muscle.md, "Defaults").
+# From A2 itself (--interpolate 0, --add-modules) or with --select loss, train runs finetune's count.
+DEFAULT_EPOCHS = {"finetune": 3, "train": 0}
 
 
 @dataclass
@@ -67,7 +71,7 @@ class TrainConfig:
     add_modules: tuple[str, ...] = ()   # train: modules the student adapts beyond A2's (start at zero)
     interpolate: float | None = None    # train: M1's weight α in the start θ_α (None: DEFAULT_ALPHA where possible)
     lr: float | None = None             # None: DEFAULT_LR of the mode
-    epochs: int = 3
+    epochs: int | None = None           # None: DEFAULT_EPOCHS of the mode
     batch_size: int = 8
     max_length: int = 512
     seed: int = 0
@@ -444,8 +448,11 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
     if config.old_target is not None and config.old_target not in OLD_TARGETS:
         raise CompatInputError(f"--old-target {config.old_target!r} is unknown; choose one of {', '.join(OLD_TARGETS)}")
+    if config.epochs is None:   # the untrained default needs a start that is not A2, and selection by NFR
+        must_train = config.interpolate == 0.0 or bool(config.add_modules) or config.select == "loss"
+        config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else config.mode])
     if config.epochs < 0 or (config.epochs == 0 and (config.mode == "finetune" or config.interpolate == 0.0
-                                                     or config.select == "loss")):
+                                                     or config.add_modules or config.select == "loss")):
         raise CompatInputError("--epochs must be a positive integer (0 only for `muscle train` from an "
                                "interpolated start, selected by validation NFR: it keeps the start or A2)")
     for name in ("batch_size", "max_length", "rank", "top_k"):
@@ -609,6 +616,10 @@ def _interpolated_student(base, config: TrainConfig, opts: dict):
         if config.interpolate is not None:
             raise CompatInputError(f"--interpolate needs old and new bases of one architecture; they differ "
                                    f"({differs}): pass --interpolate 0")
+        if config.epochs == 0:
+            raise CompatInputError(f"the old and new bases differ in architecture ({differs}), so the student "
+                                   "starts at A2 and --epochs 0 has nothing to keep: pass --epochs N to distil "
+                                   "(--objective choice / sequence work across tokenizers)")
         return None
     new = load_stack(config.new_adapter, config.base, **opts).model
     alpha = DEFAULT_ALPHA if config.interpolate is None else config.interpolate
