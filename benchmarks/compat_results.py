@@ -61,8 +61,6 @@ VARIANTS = {
     "from-a2": ["--interpolate", "0"],
     # the interpolated start (the default), then distilled with the default objective for 3 epochs
     "start-3ep": [],
-    # the interpolated start untrained, measured before it became the default (= the default row)
-    "start-only": ["--epochs", "0"],
     "choice-none": ["--interpolate", "0", "--objective", "choice", "--mask", "none"],
     "choice-old-correct": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct"],
     # the student also adapts every other linear layer of the decoder (the base update touched them all)
