@@ -94,12 +94,11 @@ def interpolated_start(update: dict, bases: tuple[Path, Path], alpha: float, out
     """`muscle train`'s start θ_α for the update (both stacks interpolated, as a LoRA on v2), saved once."""
     if (out / "adapter_config.json").is_file():
         return out
-    from muscle.interpolation import interpolated_student
-    from pytest_modelcompat import load_base, load_stack
+    from muscle.interpolation import load_interpolated_student
+    from pytest_modelcompat import load_base
 
-    old = load_stack(update["a1"], bases[0], device="cpu").model
-    new = load_stack(update["a2"], bases[1], device="cpu").model
-    model, _ = interpolated_student(load_base(bases[1], device="cpu")[0], old, new, alpha, "default")
+    model, _ = load_interpolated_student(load_base(bases[1], device="cpu")[0], (update["a1"], bases[0]),
+                                         (update["a2"], bases[1]), alpha, "default", device="cpu")
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
     return out

@@ -87,6 +87,29 @@ def same_architecture(old_model, new_model) -> str | None:
     return None
 
 
+class ArchitectureMismatch(ValueError):
+    """The two stacks do not share layers and parameter shapes; the message says what differs."""
+
+
+def load_interpolated_student(base, old: tuple, new: tuple, alpha: float, adapter_name: str, **load_options):
+    """:func:`interpolated_student` with the stacks loaded here, each an (adapter, base) pair passed to
+    ``load_stack`` with ``load_options``, and freed before returning. The old stack is checked
+    against ``base`` before the new one loads (:class:`ArchitectureMismatch`)."""
+    import gc
+
+    from pytest_modelcompat import load_stack
+
+    old_model = load_stack(*old, **load_options).model
+    differs = same_architecture(old_model, base)
+    if differs is not None:
+        raise ArchitectureMismatch(differs)
+    new_model = load_stack(*new, **load_options).model
+    start = interpolated_student(base, old_model, new_model, alpha, adapter_name)
+    del old_model, new_model
+    gc.collect()
+    return start
+
+
 def _low_rank(delta, max_rank: int):
     """(B [out, r], A [r, in], kept share of ‖delta‖²) with B @ A the best rank-r approximation."""
     import torch

@@ -448,11 +448,12 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
     if config.old_target is not None and config.old_target not in OLD_TARGETS:
         raise CompatInputError(f"--old-target {config.old_target!r} is unknown; choose one of {', '.join(OLD_TARGETS)}")
-    if config.epochs is None:   # the untrained default needs a start that is not A2, and selection by NFR
-        must_train = config.interpolate == 0.0 or bool(config.add_modules) or config.select == "loss"
-        config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else config.mode])
-    if config.epochs < 0 or (config.epochs == 0 and (config.mode == "finetune" or config.interpolate == 0.0
-                                                     or config.add_modules or config.select == "loss")):
+    # Untrained output needs a start that is not A2 and selection by NFR; otherwise epochs must run.
+    must_train = (config.mode == "finetune" or config.interpolate == 0.0 or bool(config.add_modules)
+                  or config.select == "loss")
+    if config.epochs is None:
+        config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else "train"])
+    if config.epochs < 0 or (config.epochs == 0 and must_train):
         raise CompatInputError("--epochs must be a positive integer (0 only for `muscle train` from an "
                                "interpolated start, selected by validation NFR: it keeps the start or A2)")
     for name in ("batch_size", "max_length", "rank", "top_k"):
@@ -607,29 +608,23 @@ def _student(config: TrainConfig, device: str):
 def _interpolated_student(base, config: TrainConfig, opts: dict):
     """(student at θ_α on ``base``, its Interpolation); None where the default α meets two
     architectures (another base family: the student starts at A2, as MUSCLE does)."""
-    from muscle.interpolation import DEFAULT_ALPHA, interpolated_student, same_architecture
-    from pytest_modelcompat import load_stack
+    from muscle.interpolation import DEFAULT_ALPHA, ArchitectureMismatch, load_interpolated_student
 
-    old = load_stack(config.old_adapter, config.old_base, **opts).model
-    differs = same_architecture(old, base)
-    if differs is not None:
-        if config.interpolate is not None:
-            raise CompatInputError(f"--interpolate needs old and new bases of one architecture; they differ "
-                                   f"({differs}): pass --interpolate 0")
-        if config.epochs == 0:
-            raise CompatInputError(f"the old and new bases differ in architecture ({differs}), so the student "
-                                   "starts at A2 and --epochs 0 has nothing to keep: pass --epochs N to distil "
-                                   "(--objective choice / sequence work across tokenizers)")
-        return None
-    new = load_stack(config.new_adapter, config.base, **opts).model
     alpha = DEFAULT_ALPHA if config.interpolate is None else config.interpolate
     try:
-        start = interpolated_student(base, old, new, alpha, STUDENT)
+        return load_interpolated_student(base, (config.old_adapter, config.old_base),
+                                         (config.new_adapter, config.base), alpha, STUDENT, **opts)
+    except ArchitectureMismatch as exc:
+        if config.interpolate is not None:
+            raise CompatInputError(f"--interpolate needs old and new bases of one architecture; they differ "
+                                   f"({exc}): pass --interpolate 0") from None
+        if config.epochs == 0:
+            raise CompatInputError(f"the old and new bases differ in architecture ({exc}), so the student "
+                                   "starts at A2 and --epochs 0 has nothing to keep: pass --epochs N to distil "
+                                   "(--objective choice / sequence work across tokenizers)") from None
+        return None
     except ValueError as exc:   # identical stacks
         raise CompatInputError(str(exc)) from None
-    del old, new
-    gc.collect()
-    return start
 
 
 def _widened_student(model, config: TrainConfig):
