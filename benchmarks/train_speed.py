@@ -86,8 +86,9 @@ def main() -> None:
         common = ["--suite", str(tmp / "suite.yaml"), "--epochs", "1", "--limit", str(args.rows),
                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                   "--device", args.device, "--seed", "0"]
+        # from A2 (MUSCLE's start), as every recorded row was measured: the objectives' own cost
         train = ["train", "--old-adapter", str(tmp / "a1"), "--new-adapter", str(tmp / "a2"),
-                 "--cache", str(tmp / "cache")]
+                 "--cache", str(tmp / "cache"), "--interpolate", "0"]
         # mode → (task, muscle arguments); each mode is compared with finetune on its own task
         modes = {
             "finetune": ("sst2", ["finetune", "--base", str(base)]),
