@@ -21,6 +21,10 @@ Updates:
   issue asks for, better on average with negative flips, is still missing.
 - ``piqa-text-ce``: piqa-text's base; A2 = piqa-text's A2 tuned one epoch with cross-entropy on
   the gold choice (``CHOICE_CE_A2_OPTIONS``), to make v2 better than v1 on average.
+- ``sst2-better``: the shipped base update on SST-2 (``example_suite/sst2``), the update users care
+  most about: v2 *better* than v1 on average, still breaking some of v1's right answers. A1 was
+  trained on 200 rows (``SST2_A1_RECIPE``), A2 on 1,600 (``SST2_A2_RECIPE``): the team labelled more
+  data for the new release. Both adapters are built here.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
   ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
@@ -61,6 +65,9 @@ VARIANTS = {
     "from-a2": ["--interpolate", "0"],
     # the interpolated start (the default), then distilled with the default objective for 3 epochs
     "start-3ep": [],
+    # the control: A2 trained on with plain cross-entropy on the gold choice (no teacher), same rows,
+    # epochs and selection. What "more training" alone does to the flips.
+    "ce-control": ["--interpolate", "0", "--objective", "choice", "--ce-weight", "1", "--train-on", "all"],
     "choice-none": ["--interpolate", "0", "--objective", "choice", "--mask", "none"],
     "choice-old-correct": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct"],
     # the student also adapts every other linear layer of the decoder (the base update touched them all)
@@ -106,6 +113,10 @@ SAMSUM_RECIPE = _with(_with(_with(demo.PIQA_ADAPTER_RECIPE, "--batch-size", "4")
                       "--limit", "600")
 # The "retrained" update's A2: the shipped A2 recipe on 1,600 rows instead of 600.
 RETRAINED_A2_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--limit", "1600")
+# The "sst2-better" update: the shipped adapter recipe, A1 on 200 rows and A2 on 1,600 (more labels
+# for the new release), so that v2 is better on average.
+SST2_A1_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--limit", "200")
+SST2_A2_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--limit", "1600")
 # The "piqa-text" update's base delta (scripts/build_base_v2.py): continued pretraining on PIQA text
 # only (goal + correct solution, train rows 8000+, disjoint from every adapter's rows), at a third of
 # the shipped delta's learning rate.
@@ -136,6 +147,10 @@ def updates() -> dict[str, dict]:
         "piqa-text-ce": {**piqa, "a2": WORK / "piqa-text-ce" / "piqa_a2", "delta": WORK / "piqa-text" / "base_v2_delta",
                          "delta_options": PIQA_TEXT_DELTA_OPTIONS,
                          "tune": {"a2": (WORK / "piqa-text" / "piqa_a2", CHOICE_CE_A2_OPTIONS)}},
+        # SST-2: v2 better on average (A2 trained on 8x A1's rows), the shipped base update.
+        "sst2-better": {"suite": demo.SUITE_DIR / "sst2" / "compat_sst2.yaml", "task": "sst2",
+                        "a1": WORK / "sst2-better" / "sst2_a1", "a2": WORK / "sst2-better" / "sst2_a2",
+                        "delta": demo.BASE_V2_DELTA, "build": {"a1": SST2_A1_RECIPE, "a2": SST2_A2_RECIPE}},
         # SAMSum (generative, ROUGE-1): adapters trained here (CC BY-NC-ND: never shipped), the
         # shipped base update.
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
@@ -368,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
              "piqa_text_delta": f"scripts/build_base_v2.py {' '.join(PIQA_TEXT_DELTA_OPTIONS)}",
              "piqa_text_ce_a2": "piqa-text's A2 + muscle train " + " ".join(CHOICE_CE_A2_OPTIONS),
              "adapter_recipe": list(demo.PIQA_ADAPTER_RECIPE),
+             "sst2_a1_recipe": SST2_A1_RECIPE, "sst2_a2_recipe": SST2_A2_RECIPE,
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
