@@ -20,6 +20,7 @@ from pytest_modelcompat.tasks.suite import load_instances, load_suite, resolve_t
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PIQA = REPO / "example_suite" / "data" / "piqa_valid.jsonl"
+EXAMPLE_SST2 = REPO / "example_suite" / "data" / "sst2_dev.jsonl"
 
 DOCS = [
     {"id": f"q{n}", "question": f"What is {n} plus {n}?", "options": ["zero", "one", str(2 * n)], "answer": 2,
@@ -203,6 +204,25 @@ def test_lm_eval_piqa_yaml_and_our_suite_template_agree_on_real_data(tmp_path):
     ours = load_instances(native, limit=200)
     theirs = load_instances(resolve_task(via_lm_eval), limit=200)
     assert [(i.id, i.context, i.choices, i.gold) for i in ours] == [(i.id, i.context, i.choices, i.gold) for i in theirs]
+
+
+@pytest.mark.skipif(not EXAMPLE_SST2.is_file(), reason="example_suite SST-2 data not present")
+def test_example_sst2_suite_is_lm_evals_glue_sst2_prompt(tmp_path):
+    """example_suite/sst2's task renders the instances lm-eval's glue/sst2 task renders, on the same rows."""
+    import lm_eval
+
+    bundled = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "glue" / "sst2" / "default.yaml").read_text())
+    local = {key: bundled[key] for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "output_type")}
+    local.update(task="local_sst2", dataset_path="json", test_split="validation",
+                 dataset_kwargs={"data_files": {"validation": str(EXAMPLE_SST2)}}, metric_list=[{"metric": "acc"}])
+    (tmp_path / "sst2.yaml").write_text(yaml.safe_dump(local))
+    (tmp_path / "modelcompat.yaml").write_text(yaml.safe_dump({"tasks": [{"name": "via_lm_eval", "lm_eval": "sst2.yaml"}]}))
+    [via_lm_eval] = load_suite(tmp_path / "modelcompat.yaml")
+    [ours] = load_suite(REPO / "example_suite" / "sst2" / "compat_sst2.yaml")
+    theirs = load_instances(resolve_task(via_lm_eval))
+    mine = load_instances(ours)
+    assert len(mine) == 872
+    assert [(i.context, i.choices, i.gold) for i in mine] == [(i.context, i.choices, i.gold) for i in theirs]
 
 
 BAD_TASKS = {
