@@ -65,9 +65,6 @@ VARIANTS = {
     "from-a2": ["--interpolate", "0"],
     # the interpolated start (the default), then distilled with the default objective for 3 epochs
     "start-3ep": [],
-    # the control: A2 trained on with plain cross-entropy on the gold choice (no teacher), same rows,
-    # epochs and selection. What "more training" alone does to the flips.
-    "ce-control": ["--interpolate", "0", "--objective", "choice", "--ce-weight", "1", "--train-on", "all"],
     "choice-none": ["--interpolate", "0", "--objective", "choice", "--mask", "none"],
     "choice-old-correct": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct"],
     # the student also adapts every other linear layer of the decoder (the base update touched them all)
