@@ -18,13 +18,13 @@ Updates:
 - ``piqa-text``: a base update on PIQA text only (delta built here by scripts/build_base_v2.py with
   ``PIQA_TEXT_DELTA_OPTIONS``), A2 trained on it with the shipped A2 recipe. Built to make v2 *better*
   than v1 on average; measured, it is level (A2 0.666 vs A1 0.670 on all 1,838 rows): the update the
-  issue asks for, better on average with negative flips, is still missing.
+  issue asks for, better on average with negative flips, is ``sst2-better``.
 - ``piqa-text-ce``: piqa-text's base; A2 = piqa-text's A2 tuned one epoch with cross-entropy on
   the gold choice (``CHOICE_CE_A2_OPTIONS``), to make v2 better than v1 on average.
 - ``sst2-better``: the shipped base update on SST-2 (``example_suite/sst2``), the update users care
   most about: v2 *better* than v1 on average, still breaking some of v1's right answers. A1 was
   trained on 200 rows (``SST2_A1_RECIPE``), A2 on 1,600 (``SST2_A2_RECIPE``): the team labelled more
-  data for the new release. Both adapters are built here.
+  data for the new release. Both adapters are built here. Measured: acc 0.669 → 0.853, NFR 0.065.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
   ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
