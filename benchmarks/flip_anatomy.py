@@ -94,13 +94,14 @@ def interpolated_start(update: dict, bases: tuple[Path, Path], alpha: float, out
     """`muscle train`'s start θ_α for the update (both stacks interpolated, as a LoRA on v2), saved once."""
     if (out / "adapter_config.json").is_file():
         return out
-    from muscle.interpolation import load_interpolated_student
+    from muscle.interpolation import load_interpolated_starts
     from pytest_modelcompat import load_base
 
-    model, _ = load_interpolated_student(load_base(bases[1], device="cpu")[0], (update["a1"], bases[0]),
-                                         (update["a2"], bases[1]), alpha, "default", device="cpu")
+    starts = load_interpolated_starts(load_base(bases[1], device="cpu")[0], (update["a1"], bases[0]),
+                                      (update["a2"], bases[1]), (alpha,), "default", device="cpu")
+    starts.use(alpha)
     with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
+        starts.model.save_pretrained(tmp)
     return out
 
 

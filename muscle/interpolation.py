@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# M1's weight when --interpolate is not given: the midpoint, where the old and the new stack weigh
-# the same. Not tuned on any eval split; α = 1 would be a rollback (no flips by construction, none
-# of the update), so the default never sits closer to the old stack than to the new one.
-DEFAULT_ALPHA = 0.5
+# M1's weights tried when --interpolate is not given: the three evenly spaced points strictly between
+# the stacks. Each is a candidate start; validation picks among them (and A2) by the selection rule,
+# so the accuracy floor (A2's validation accuracy − the tolerance) decides how far towards the old
+# stack a start may go. The ends are left out: α = 0 is A2 (always a candidate anyway) and α = 1 a
+# rollback (no flips by construction, none of the update). Not tuned on any eval split.
+DEFAULT_ALPHAS = (0.25, 0.5, 0.75)
 ENERGY_KEPT = 1 - 1e-6      # per layer: numerically exact for a low-rank update, a cap for a full-rank one
 DEFAULT_MAX_RANK = 64       # per layer; a full-rank update is truncated here (the captured share says how much)
 
@@ -91,8 +93,8 @@ class ArchitectureMismatch(ValueError):
     """The two stacks do not share layers and parameter shapes; the message says what differs."""
 
 
-def load_interpolated_student(base, old: tuple, new: tuple, alpha: float, adapter_name: str, **load_options):
-    """:func:`interpolated_student` with the stacks loaded here, each an (adapter, base) pair passed to
+def load_interpolated_starts(base, old: tuple, new: tuple, alphas, adapter_name: str, **load_options):
+    """:class:`InterpolatedStarts` with the stacks loaded here, each an (adapter, base) pair passed to
     ``load_stack`` with ``load_options``, and freed before returning. The old stack is checked
     against ``base`` before the new one loads (:class:`ArchitectureMismatch`)."""
     import gc
@@ -104,10 +106,10 @@ def load_interpolated_student(base, old: tuple, new: tuple, alpha: float, adapte
     if differs is not None:
         raise ArchitectureMismatch(differs)
     new_model = load_stack(*new, **load_options).model
-    start = interpolated_student(base, old_model, new_model, alpha, adapter_name)
+    starts = InterpolatedStarts(base, old_model, new_model, alphas, adapter_name)
     del old_model, new_model
     gc.collect()
-    return start
+    return starts
 
 
 def _low_rank(delta, max_rank: int):
@@ -122,48 +124,86 @@ def _low_rank(delta, max_rank: int):
     return (u[:, :rank] * root).to(delta.dtype), (root[:, None] * vh[:rank]).to(delta.dtype), float(energy[rank - 1]) / total
 
 
+class InterpolatedStarts:
+    """``base`` (the new base, a plain transformers model) with one trainable LoRA ``adapter_name`` that
+    can be set to θ_α for each α of ``alphas`` (and to A2 itself, α = 0), between ``old_stack`` (M1)
+    and ``new_stack`` (M2), both PEFT stacks or plain models.
+
+    Every θ_α is factorised once (an SVD per layer and α); a layer's LoRA rank is the largest any α
+    needs, smaller factors are zero-padded (the product is unchanged), so :meth:`use` switches α in
+    place and a start chosen on validation is the adapter that trains on.
+    """
+
+    def __init__(self, base, old_stack, new_stack, alphas, adapter_name: str, *, max_rank: int = DEFAULT_MAX_RANK):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        self.alphas, self.adapter_name = tuple(alphas), adapter_name
+        base_linear, old_linear, new_linear = linear_weights(base), linear_weights(old_stack), linear_weights(new_stack)
+        old_others, new_others = other_parameters(old_stack, old_linear), other_parameters(new_stack, new_linear)
+        base_others = other_parameters(base, base_linear)
+        self._factors: dict[float, dict[str, tuple]] = {}
+        self._reports: dict[float, Interpolation] = {}
+        with torch.no_grad():
+            for alpha in sorted({0.0, *self.alphas}):
+                factors, total, residual = {}, 0.0, 0.0
+                for name, weight in base_linear.items():
+                    delta = alpha * old_linear[name] + (1 - alpha) * new_linear[name] - weight
+                    norm2 = float(delta.double().pow(2).sum())
+                    if norm2 == 0.0:
+                        continue
+                    b, a, kept = _low_rank(delta, max_rank)
+                    factors[name] = (b, a)
+                    total += norm2
+                    residual += norm2 * (1 - kept)
+                uncaptured = []
+                for name, p in base_others.items():
+                    norm2 = float((alpha * old_others[name] + (1 - alpha) * new_others[name] - p).double().pow(2).sum())
+                    if norm2 > 0.0:
+                        uncaptured.append(name)
+                        total += norm2
+                        residual += norm2
+                if alpha in self.alphas and not factors:
+                    raise ValueError("the two stacks have identical linear weights: there is nothing to interpolate")
+                self._factors[alpha] = factors
+                self._reports[alpha] = Interpolation(
+                    alpha=alpha, modules=len(factors), max_rank=max((b.shape[1] for b, _ in factors.values()), default=0),
+                    captured=1.0 - residual / total if total else 1.0, uncaptured=uncaptured)
+        ranks: dict[str, int] = {}
+        for factors in self._factors.values():
+            for name, (b, _) in factors.items():
+                ranks[name] = max(ranks.get(name, 0), b.shape[1])
+        top = max(ranks.values())
+        # One rank per layer (rank_pattern) and alpha = rank, so PEFT's scale alpha / r is 1 everywhere.
+        lora = LoraConfig(r=top, lora_alpha=top, target_modules=sorted(ranks), lora_dropout=0.0,
+                          rank_pattern=ranks, alpha_pattern=ranks, task_type="CAUSAL_LM")
+        self.model = get_peft_model(base, lora, adapter_name=adapter_name)
+
+    def report(self, alpha: float) -> Interpolation:
+        """What the LoRA reproduces of θ_α."""
+        return self._reports[alpha]
+
+    def use(self, alpha: float) -> Interpolation:
+        """Set the student's LoRA to θ_α (α = 0: A2); what it reproduces of θ_α."""
+        import torch
+
+        factors = self._factors[alpha]
+        with torch.no_grad():
+            for name in self.model.peft_config[self.adapter_name].rank_pattern:
+                layer = self.model.base_model.model.get_submodule(name)
+                b_weight, a_weight = layer.lora_B[self.adapter_name].weight, layer.lora_A[self.adapter_name].weight
+                b_weight.zero_()
+                a_weight.zero_()
+                if name in factors:
+                    b, a = factors[name]
+                    b_weight[:, : b.shape[1]].copy_(b)
+                    a_weight[: a.shape[0]].copy_(a)
+        return self._reports[alpha]
+
+
 def interpolated_student(base, old_stack, new_stack, alpha: float, adapter_name: str, *,
                          max_rank: int = DEFAULT_MAX_RANK):
-    """``base`` (the new base, a plain transformers model) with a trainable LoRA ``adapter_name`` whose
-    weights make it θ_α between ``old_stack`` (M1) and ``new_stack`` (M2), both PEFT stacks or plain
-    models; returns (PEFT model, :class:`Interpolation`)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    base_linear, old_linear, new_linear = linear_weights(base), linear_weights(old_stack), linear_weights(new_stack)
-    factors: dict[str, tuple] = {}
-    total = residual = 0.0
-    with torch.no_grad():
-        for name, weight in base_linear.items():
-            delta = alpha * old_linear[name] + (1 - alpha) * new_linear[name] - weight
-            norm2 = float(delta.double().pow(2).sum())
-            if norm2 == 0.0:
-                continue
-            b, a, kept = _low_rank(delta, max_rank)
-            factors[name] = (b, a)
-            total += norm2
-            residual += norm2 * (1 - kept)
-        old_others, new_others = other_parameters(old_stack, old_linear), other_parameters(new_stack, new_linear)
-        uncaptured = []
-        for name, p in other_parameters(base, base_linear).items():
-            norm2 = float((alpha * old_others[name] + (1 - alpha) * new_others[name] - p).double().pow(2).sum())
-            if norm2 > 0.0:
-                uncaptured.append(name)
-                total += norm2
-                residual += norm2
-    if not factors:
-        raise ValueError("the two stacks have identical linear weights: there is nothing to interpolate")
-    ranks = {name: b.shape[1] for name, (b, _) in factors.items()}
-    top = max(ranks.values())
-    # One rank per layer (rank_pattern) and alpha = rank, so PEFT's scale alpha / r is 1 everywhere.
-    lora = LoraConfig(r=top, lora_alpha=top, target_modules=sorted(factors), lora_dropout=0.0,
-                      rank_pattern=ranks, alpha_pattern=ranks, task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora, adapter_name=adapter_name)
-    with torch.no_grad():
-        for name, (b, a) in factors.items():
-            layer = model.base_model.model.get_submodule(name)
-            layer.lora_A[adapter_name].weight.copy_(a)
-            layer.lora_B[adapter_name].weight.copy_(b)
-    report = Interpolation(alpha=alpha, modules=len(factors), max_rank=top,
-                           captured=1.0 - residual / total if total else 1.0, uncaptured=uncaptured)
-    return model, report
+    """``base`` with a trainable LoRA ``adapter_name`` set to θ_α (:class:`InterpolatedStarts` for one
+    α); returns (PEFT model, :class:`Interpolation`)."""
+    starts = InterpolatedStarts(base, old_stack, new_stack, (alpha,), adapter_name, max_rank=max_rank)
+    return starts.model, starts.use(alpha)

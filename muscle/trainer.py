@@ -69,7 +69,7 @@ class TrainConfig:
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     add_modules: tuple[str, ...] = ()   # train: modules the student adapts beyond A2's (start at zero)
-    interpolate: float | None = None    # train: M1's weight α in the start θ_α (None: DEFAULT_ALPHA where possible)
+    interpolate: float | None = None    # train: M1's weight α in the start θ_α (None: validation picks among DEFAULT_ALPHAS where possible)
     lr: float | None = None             # None: DEFAULT_LR of the mode
     epochs: int | None = None           # None: DEFAULT_EPOCHS of the mode
     batch_size: int = 8
@@ -137,7 +137,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         recipe.setup()
         if not recipe.history.epochs:
-            recipe.history.epochs.append({"epoch": 0, "val": recipe.validate(0)})
+            recipe.history.epochs.append({"epoch": 0, **recipe.validate_start()})
         for epoch in range(recipe.history.epoch + 1, recipe.config.epochs + 1 if recipe.train_loader else 1):
             train_stats = recipe.train_epoch(epoch)
             recipe.history.epoch = epoch
@@ -197,9 +197,10 @@ class Recipe:
         # and freeing it), so no teacher is ever resident beside the student.
         self.teachers = self._teacher_signals()
         self.old_val = self._old_val_predictions()
-        self.model, self.tokenizer, self.base, self.interpolation = _student(config, self.device_name)
+        self.model, self.tokenizer, self.base, self.starts = _student(config, self.device_name)
+        self.interpolation = None   # the start's Interpolation once chosen (validate_start); None: A2
         # A2 on validation: the accuracy floor of the selection, and a candidate when epoch 0 is not A2.
-        self.a2_val = self._a2_val_metrics() if self.interpolation is not None else None
+        self.a2_val = self._a2_val_metrics() if self.starts is not None else None
         self.pad_id = pad_token_id(self.tokenizer)
         self.objective = self._objective()
         train_items = self.objective.items(self.train_inst, train=True) if config.epochs else []
@@ -221,12 +222,12 @@ class Recipe:
         self.history = _History()
         self.accelerator.register_for_checkpointing(self.history)
         _adapter_checkpointing(self.accelerator)
-        if self.interpolation is not None and self.main:
-            with atomic_directory(self.work / "start") as tmp:  # what save() keeps if epoch 0 wins
-                self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "adapter", selected_adapters=[STUDENT])
         latest = _latest_checkpoint(self.work) if resuming else None
         if latest is not None:
             self.accelerator.load_state(str(latest))
+            # the start was chosen before the first checkpoint; its weights have trained on since
+            alpha = self.history.epochs[0].get("alpha")
+            self.interpolation = self.starts.report(alpha) if alpha is not None else None
 
     def _teacher_signals(self):
         """choice / sequence: both teachers' gate predictions on the whole train file, by instance id."""
@@ -316,6 +317,36 @@ class Recipe:
         self.objective.teachers = lambda model, batch: (
             old.batch(batch["index"], self.device), new.batch(batch["index"], self.device) if new else None)
         self.teacher_mode = "precomputed"
+
+    # --------------------------------------------------------------------------------- epoch 0
+
+    def validate_start(self) -> dict[str, Any]:
+        """Epoch 0, the student before training: its validation metrics, and for interpolated starts
+        which θ_α it is.
+
+        Each θ_α of the grid is validated; the start is the one the selection rule keeps among them and
+        A2 (:func:`choose_candidate`: A2's accuracy is the floor), or A2 itself where none beats it. It
+        is what trains on, and what save() keeps if epoch 0 wins (saved to the work dir)."""
+        if self.starts is None:
+            return {"val": self.validate(0)}
+        tried = []
+        for alpha in self.starts.alphas:
+            self.interpolation = self.starts.use(alpha)
+            tried.append({"alpha": alpha, "val": self.validate(0)})
+        alpha = choose_candidate([(None, self.a2_val)] + [(t["alpha"], t["val"]) for t in tried],
+                                 self.task.kind, self.config.acc_tolerance)
+        if alpha is None:   # no start beats A2: training starts at A2 itself
+            self.interpolation = None
+            self.starts.use(0.0)
+            val = self.validate(0)     # A2's cached predictions, and the validation loss
+        else:
+            self.interpolation = self.starts.use(alpha)
+            val = next(t["val"] for t in tried if t["alpha"] == alpha)
+            if self.main:
+                with atomic_directory(self.work / "start") as tmp:
+                    self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "adapter",
+                                                                              selected_adapters=[STUDENT])
+        return {"val": val, "alpha": alpha, "starts": tried}
 
     # ------------------------------------------------------------------------------- one epoch
 
@@ -451,11 +482,8 @@ def preflight(config: TrainConfig):
     # Untrained output needs a start that is not A2 and selection by NFR; otherwise epochs must run.
     must_train = (config.mode == "finetune" or config.interpolate == 0.0 or bool(config.add_modules)
                   or config.select == "loss")
-    if config.epochs is None:
-        config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else "train"])
-    if config.epochs < 0 or (config.epochs == 0 and must_train):
-        raise CompatInputError("--epochs must be a positive integer (0 only for `muscle train` from an "
-                               "interpolated start, selected by validation NFR: it keeps the start or A2)")
+    if config.epochs is not None and (config.epochs < 0 or (config.epochs == 0 and must_train)):
+        raise CompatInputError(_EPOCHS_FIX)
     for name in ("batch_size", "max_length", "rank", "top_k"):
         if getattr(config, name) < 1:
             raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -487,12 +515,36 @@ def preflight(config: TrainConfig):
         if config.every_choice and (objective != "token" or task.kind != "multiple_choice"):
             raise CompatInputError("--every-choice applies to --objective token on a multiple-choice task; "
                                    f"drop it for --objective {objective} on {task.name!r} ({task.kind})")
-        _check_stacks(config)
+        differs = _check_stacks(config)
+        if differs is not None:
+            _check_across_families(config, differs)
+            must_train = True
+    if config.epochs is None:
+        config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else "train"])
     return config, task
 
 
-def _check_stacks(config: TrainConfig) -> None:
-    from pytest_modelcompat import check_stack_files, linear_module_names, load_tokenizer
+_EPOCHS_FIX = ("--epochs must be a positive integer (0 only for `muscle train` from an interpolated start, "
+               "selected by validation NFR: it keeps the start or A2)")
+
+
+def _check_across_families(config: TrainConfig, differs: str) -> None:
+    """The bases differ in architecture (``differs`` says where): another base family, so there is no
+    interpolated start and the student starts at A2; refuse what needs a start elsewhere."""
+    if config.interpolate:
+        raise CompatInputError(f"--interpolate needs old and new bases of one architecture; they differ "
+                               f"({differs}): leave it out or pass --interpolate 0")
+    if config.epochs == 0:
+        raise CompatInputError(f"the old and new bases differ in architecture ({differs}), so the student "
+                               "starts at A2 and --epochs 0 has nothing to keep: pass --epochs N to distil "
+                               "(--objective choice / sequence work across tokenizers)")
+
+
+def _check_stacks(config: TrainConfig) -> str | None:
+    """What load_stack would refuse of the two stacks, and (token) their vocabularies; returns what
+    differs between the two bases' architectures (parameter names and shapes, read from their configs
+    without weights), None where they share one or a config cannot be read without loading."""
+    from pytest_modelcompat import check_stack_files, linear_module_names, load_tokenizer, parameter_shapes
 
     old_base, new_base = (
         check_stack_files(adapter, base, allow_pickle=config.allow_pickle, which=which)
@@ -505,16 +557,24 @@ def _check_stacks(config: TrainConfig) -> None:
         if unknown:
             raise CompatInputError(f"--add-modules: the new base has no linear layer named {', '.join(unknown)}; "
                                    f"choose among {', '.join(sorted(linear))}")
-    if config.objective != "token":
-        return  # choice/sequence learn from predictions: the stacks may tokenize differently
-    # Before the adapters: an adapter on lm_head would otherwise fail first, as a shape error.
-    old_tok = load_tokenizer(old_base, trust_remote_code=config.trust_remote_code)
-    new_tok = load_tokenizer(new_base, trust_remote_code=config.trust_remote_code)
-    if old_tok.get_vocab() != new_tok.get_vocab():
-        raise CompatInputError(
-            f"the old stack ({config.old_adapter}) and the new stack ({config.new_adapter}) have different "
-            "tokenizer vocabularies; --objective token needs identical vocabularies — use --objective choice "
-            "(multiple choice) or --objective sequence (generation), which work across tokenizers")
+    # choice/sequence learn from predictions: the stacks may tokenize differently. token compares
+    # before the adapters load: an adapter on lm_head would otherwise fail first, as a shape error.
+    if config.objective == "token":
+        old_tok = load_tokenizer(old_base, trust_remote_code=config.trust_remote_code)
+        new_tok = load_tokenizer(new_base, trust_remote_code=config.trust_remote_code)
+        if old_tok.get_vocab() != new_tok.get_vocab():
+            raise CompatInputError(
+                f"the old stack ({config.old_adapter}) and the new stack ({config.new_adapter}) have different "
+                "tokenizer vocabularies; --objective token needs identical vocabularies — use --objective choice "
+                "(multiple choice) or --objective sequence (generation), which work across tokenizers")
+    old_shapes, new_shapes = (parameter_shapes(base, trust_remote_code=config.trust_remote_code)
+                              for base in (old_base, new_base))
+    if old_shapes is None or new_shapes is None:
+        return None
+    for name in sorted(set(old_shapes) | set(new_shapes)):
+        if old_shapes.get(name) != new_shapes.get(name):
+            return f"{name}: {old_shapes.get(name, 'absent')} (old) vs {new_shapes.get(name, 'absent')} (new)"
+    return None
 
 
 def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
@@ -571,7 +631,7 @@ def _train_instances(task, config: TrainConfig):
 
 def _student(config: TrainConfig, device: str):
     """(PEFT model with a trainable STUDENT adapter [+ frozen NEW_TEACHER for token], tokenizer, base ref,
-    the Interpolation of the start or None where it is A2)."""
+    the InterpolatedStarts the student can be set to, or None where it starts at A2)."""
     from peft import LoraConfig, get_peft_model
 
     from muscle.losses.token import needs_new_teacher
@@ -589,11 +649,11 @@ def _student(config: TrainConfig, device: str):
     if not base:
         raise CompatInputError(f"adapter {config.new_adapter!r} does not name its base; pass --new-base")
     model, tokenizer, _ = load_base(base, **opts)
-    interpolation = None
+    starts = None
     if config.add_modules:
         model = _widened_student(model, config)
-    elif config.interpolate != 0.0 and (start := _interpolated_student(model, config, opts)) is not None:
-        model, interpolation = start
+    elif config.interpolate != 0.0 and (starts := _interpolated_starts(model, config, opts)) is not None:
+        model = starts.model
     else:
         model = attach_adapter(model, config.new_adapter, name=STUDENT, trainable=True,
                                allow_pickle=config.allow_pickle)
@@ -602,26 +662,21 @@ def _student(config: TrainConfig, device: str):
     model.peft_config[STUDENT].base_model_name_or_path = model.base_model.model.name_or_path
     if config.objective == "token" and needs_new_teacher(config.mask):
         attach_adapter(model, config.new_adapter, name=NEW_TEACHER, allow_pickle=config.allow_pickle)
-    return model, tokenizer, model.base_model.model.name_or_path, interpolation
+    return model, tokenizer, model.base_model.model.name_or_path, starts
 
 
-def _interpolated_student(base, config: TrainConfig, opts: dict):
-    """(student at θ_α on ``base``, its Interpolation); None where the default α meets two
-    architectures (another base family: the student starts at A2, as MUSCLE does)."""
-    from muscle.interpolation import DEFAULT_ALPHA, ArchitectureMismatch, load_interpolated_student
+def _interpolated_starts(base, config: TrainConfig, opts: dict):
+    """The student on ``base`` as InterpolatedStarts (the grid DEFAULT_ALPHAS, or --interpolate's one
+    α); None where the default meets two architectures (another base family: the student starts at
+    A2, as MUSCLE does)."""
+    from muscle.interpolation import DEFAULT_ALPHAS, ArchitectureMismatch, load_interpolated_starts
 
-    alpha = DEFAULT_ALPHA if config.interpolate is None else config.interpolate
+    alphas = DEFAULT_ALPHAS if config.interpolate is None else (config.interpolate,)
     try:
-        return load_interpolated_student(base, (config.old_adapter, config.old_base),
-                                         (config.new_adapter, config.base), alpha, STUDENT, **opts)
-    except ArchitectureMismatch as exc:
-        if config.interpolate is not None:
-            raise CompatInputError(f"--interpolate needs old and new bases of one architecture; they differ "
-                                   f"({exc}): pass --interpolate 0") from None
-        if config.epochs == 0:
-            raise CompatInputError(f"the old and new bases differ in architecture ({exc}), so the student "
-                                   "starts at A2 and --epochs 0 has nothing to keep: pass --epochs N to distil "
-                                   "(--objective choice / sequence work across tokenizers)") from None
+        return load_interpolated_starts(base, (config.old_adapter, config.old_base),
+                                        (config.new_adapter, config.base), alphas, STUDENT, **opts)
+    except ArchitectureMismatch as exc:   # bases whose configs preflight could not read
+        _check_across_families(config, str(exc))
         return None
     except ValueError as exc:   # identical stacks
         raise CompatInputError(str(exc)) from None
@@ -680,23 +735,31 @@ def choose_epoch(history: list[dict[str, Any]], selection: str, kind: str, acc_t
                  baseline: dict[str, Any] | None = None) -> int | None:
     """The epoch to keep; None for A2 itself.
 
-    ``loss`` (finetune): the trained epoch with the lowest validation loss. ``nfr`` (train): among
-    the candidates, A2 included, those whose validation accuracy (score for generative tasks) is at
-    least A2's − ``acc_tolerance``; of these the lowest validation NFR (smooth NFR), then the higher
-    accuracy, then A2, then the earlier epoch. Epoch 0 is A2 unless ``baseline`` is given (A2's
+    ``loss`` (finetune): the trained epoch with the lowest validation loss. ``nfr`` (train):
+    :func:`choose_candidate` over A2 and the epochs. Epoch 0 is A2 unless ``baseline`` is given (A2's
     validation metrics, when epoch 0 is an interpolated start).
     """
     if selection == "loss":
         trained = [h for h in history if h["epoch"] >= 1]
         return min(trained, key=lambda h: (h["val"]["loss"], h["epoch"]))["epoch"]
-    flip, gain = ("nfr_smooth", "score") if kind == "generative" else ("nfr", "acc")
     candidates = [(h["epoch"], h["val"]) for h in history]
     if baseline is not None:
         candidates.insert(0, (None, baseline))
-    a2_epoch, a2 = candidates[0]
-    floor = a2[gain] - acc_tolerance
-    feasible = [(epoch, val) for epoch, val in candidates if epoch is a2_epoch or val[gain] >= floor - 1e-12]
-    return min(feasible, key=lambda c: (c[1][flip], -c[1][gain], -1 if c[0] is None else c[0]))[0]
+    return choose_candidate(candidates, kind, acc_tolerance)
+
+
+def choose_candidate(candidates: list[tuple[Any, dict[str, Any]]], kind: str, acc_tolerance: float) -> Any:
+    """The key selection keeps of (key, validation metrics) pairs, the first of them A2.
+
+    Among the candidates whose validation accuracy (score for generative tasks) is at least A2's −
+    ``acc_tolerance`` (A2 always), the lowest validation NFR (smooth NFR), then the higher accuracy,
+    then the earlier candidate (A2 first, then the starts from the new stack's side, then the epochs).
+    """
+    flip, gain = ("nfr_smooth", "score") if kind == "generative" else ("nfr", "acc")
+    floor = candidates[0][1][gain] - acc_tolerance
+    feasible = [(i, val) for i, (_, val) in enumerate(candidates) if i == 0 or val[gain] >= floor - 1e-12]
+    best = min(feasible, key=lambda c: (c[1][flip], -c[1][gain], c[0]))[0]
+    return candidates[best][0]
 
 
 def _copy_adapter_files(adapter: Path, out: Path) -> None:

@@ -15,7 +15,7 @@ top (``session.py``, ``assertions.py``, ``plugin.py``).
   :class:`TaskSpec`, once), :func:`load_instances` (its :class:`Instance` rows).
 - Models: :func:`load_stack` → :class:`Stack`; :func:`stack_fingerprint` (without loading),
   :func:`check_stack_files` and :func:`check_adapter_files` (before loading); the pieces muscle
-  builds students from: :func:`load_base`, :func:`load_tokenizer`, :func:`linear_module_names`,
+  builds students from: :func:`load_base`, :func:`load_tokenizer`, :func:`linear_module_names`, :func:`parameter_shapes`,
   :func:`attach_adapter`,
   :func:`read_adapter_config`, :func:`adapter_fingerprint`; GGUF bases: :func:`convert_gguf`,
   :func:`smollm2_gguf_path`, :func:`gemma3_gguf_path`; the device and dtype choices
@@ -62,7 +62,12 @@ if TYPE_CHECKING:
     from pytest_modelcompat.metrics.margins import DEFAULT_NOISE_MARGIN
     from pytest_modelcompat.metrics.similarity import register_similarity, similarity
     from pytest_modelcompat.models.adapters import attach_adapter, check_adapter_files, read_adapter_config
-    from pytest_modelcompat.models.bases import linear_module_names, load_base, load_tokenizer
+    from pytest_modelcompat.models.bases import (
+        linear_module_names,
+        load_base,
+        load_tokenizer,
+        parameter_shapes,
+    )
     from pytest_modelcompat.models.devices import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICE_FORMS, DEVICES, DTYPES
     from pytest_modelcompat.models.fingerprints import adapter_fingerprint
     from pytest_modelcompat.models.gguf import convert_gguf, gemma3_gguf_path, smollm2_gguf_path
@@ -104,7 +109,7 @@ _OWNERS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_NOISE_MARGIN",), "metrics.margins"),
     **dict.fromkeys(("register_similarity", "similarity"), "metrics.similarity"),
     **dict.fromkeys(("attach_adapter", "check_adapter_files", "read_adapter_config"), "models.adapters"),
-    **dict.fromkeys(("linear_module_names", "load_base", "load_tokenizer"), "models.bases"),
+    **dict.fromkeys(("linear_module_names", "load_base", "load_tokenizer", "parameter_shapes"), "models.bases"),
     **dict.fromkeys(("DEFAULT_DEVICE", "DEFAULT_DTYPE", "DEVICE_FORMS", "DEVICES", "DTYPES"),
                     "models.devices"),
     **dict.fromkeys(("adapter_fingerprint",), "models.fingerprints"),
@@ -132,7 +137,7 @@ __all__ = [
     "__version__", "adapter_fingerprint", "atomic_directory", "atomic_write", "attach_adapter", "build_report",
     "cache_home", "check_adapter_files", "check_stack_files", "check_writable_dir", "compare", "convert_gguf",
     "decision_values", "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "gemma3_gguf_path", "generate",
-    "generative_metrics", "launched_processes", "linear_module_names", "load_base", "load_instances",
+    "generative_metrics", "launched_processes", "linear_module_names", "load_base", "load_instances", "parameter_shapes",
     "load_snapshot", "load_stack", "load_suite", "load_tokenizer", "loglikelihoods", "make_progress",
     "packed_choice_loglikelihoods", "pad_token_id",
     "predict", "quiet_third_party_output", "read_adapter_config", "register_similarity", "resolve_task",

@@ -6,7 +6,9 @@ Both adapters of a task use the same data, seed and hyper-parameters; only the b
 a team retrains its adapter after a base-model update. They are trained with ``muscle finetune`` and
 written to ``example_suite/artifacts/<task>_a1`` / ``<task>_a2`` (LoRA r=8 on q_proj/v_proj, ~2 MB).
 SAMSum adapters are trained from ``$MODELCOMPAT_SAMSUM`` (default ``../shared/data/samsum``) and
-are not shipped: its licence (CC BY-NC-ND) forbids redistributing derivatives.
+are not shipped: its licence (CC BY-NC-ND) forbids redistributing derivatives. ``--gemma`` also
+trains PIQA's A2 on Gemma-3-270M, another base family and tokenizer (``artifacts/piqa_a2_gemma3``,
+the new stack of the cross-tokenizer update), with the same recipe.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from muscle.demo import ARTIFACTS, PIQA_ADAPTER_RECIPE, SUITE_DIR, base_v1_dir, base_v2_dir, demo_env
+from muscle.demo import (
+    ARTIFACTS,
+    PIQA_ADAPTER_RECIPE,
+    SUITE_DIR,
+    base_v1_dir,
+    base_v2_dir,
+    demo_env,
+    gemma_base,
+)
 
 # task → (suite, output dir for the adapters, `muscle finetune` recipe). Small on purpose: each
 # adapter trains in minutes on 2 CPU cores.
@@ -37,7 +47,14 @@ def finetune_command(suite: Path, task: str, base: Path, output: Path, recipe: l
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", action="append", choices=sorted(RECIPES), help="default: all")
+    parser.add_argument("--gemma", action="store_true",
+                        help="only PIQA's A2 on Gemma-3-270M (artifacts/piqa_a2_gemma3), the cross-tokenizer update")
     args = parser.parse_args(argv)
+    if args.gemma:
+        suite, out_dir, recipe = RECIPES["piqa"]
+        subprocess.run(finetune_command(suite, "piqa", gemma_base(), out_dir / "piqa_a2_gemma3", recipe), check=True,
+                       env=demo_env(), cwd=os.getcwd())
+        return
     bases = {"a1": base_v1_dir(), "a2": base_v2_dir()}
     env = demo_env()
     for task in args.task or sorted(RECIPES):

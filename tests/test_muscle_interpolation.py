@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from muscle import cli, trainer
-from muscle.interpolation import interpolated_student, linear_weights
-from pytest_modelcompat import load_stack
+from muscle.interpolation import DEFAULT_ALPHAS, InterpolatedStarts, interpolated_student, linear_weights
+from pytest_modelcompat import CompatInputError, load_stack
 
 SUITE = """tasks:
   - name: pick
@@ -105,15 +105,70 @@ def _train(suite, old, new, out, *extra):
                      "--device", "cpu", "--no-cache", *extra])
 
 
-def test_train_starts_at_the_midpoint_by_default_and_records_it(suite, tiny_adapter, tiny_base, low_rank_update,
-                                                                 tmp_path):
+def test_one_student_switches_between_the_starts_in_place(tiny_adapter, tiny_base, low_rank_update):
+    from pytest_modelcompat import load_base
+
+    base_v2, a2 = low_rank_update
+    old, new = load_stack(tiny_adapter, tiny_base, device="cpu"), load_stack(a2, base_v2, device="cpu")
+    starts = InterpolatedStarts(load_base(base_v2, device="cpu")[0], old.model, new.model, (0.25, 0.75), "student")
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    old_logits, new_logits = _logits(old.model, ids), _logits(new.model, ids)
+    # α = 0 is A2 itself; switching back and forth lands on the same θ_α as a student built for it alone
+    assert starts.use(0.0).alpha == 0.0
+    assert torch.allclose(_logits(starts.model, ids), new_logits, atol=1e-4)
+    starts.use(0.75)
+    at_075 = _logits(starts.model, ids)
+    starts.use(0.25)
+    assert not torch.allclose(_logits(starts.model, ids), at_075, atol=1e-3)
+    starts.use(0.75)
+    assert torch.equal(_logits(starts.model, ids), at_075)
+    alone, _, _, _ = _start(tiny_adapter, tiny_base, a2, base_v2, 0.75)
+    assert torch.allclose(at_075, _logits(alone, ids), atol=1e-5)
+    # θ_0.75 sits nearer M1 than M2 (the logits are linear in the weights only approximately)
+    assert (at_075 - old_logits).norm() < (at_075 - new_logits).norm()
+
+
+def test_train_validates_every_start_of_the_grid_and_keeps_the_rules_choice(suite, tiny_adapter, tiny_base,
+                                                                           low_rank_update, tmp_path):
     base_v2, a2 = low_rank_update
     assert _train(suite, (tiny_adapter, tiny_base), (a2, base_v2), tmp_path / "out") == 0
     record = json.loads((tmp_path / "out" / trainer.TRAINING_JSON).read_text())
-    assert record["start"]["alpha"] == 0.5 and record["start"]["captured"] == pytest.approx(1.0)
-    # A2 is a candidate beside the start: its validation metrics are there, scored from its predictions.
+    epoch0 = record["epochs"][0]
+    assert [t["alpha"] for t in epoch0["starts"]] == list(DEFAULT_ALPHAS)
+    # A2 is a candidate beside the starts: its validation metrics are there, scored from its predictions.
     assert record["a2_val"]["acc"] is not None and record["kept"] in ("A2", "epoch 0", "epoch 1")
+    expected = trainer.choose_candidate([(None, record["a2_val"])] + [(t["alpha"], t["val"]) for t in epoch0["starts"]],
+                                        "multiple_choice", 0.005)
+    assert epoch0["alpha"] == expected
+    if expected is None:
+        assert record["start"] == "A2"
+    else:
+        assert record["start"]["alpha"] == expected and record["start"]["captured"] == pytest.approx(1.0)
+        assert epoch0["val"] == next(t["val"] for t in epoch0["starts"] if t["alpha"] == expected)
+
+
+def test_an_explicit_alpha_is_the_only_start(suite, tiny_adapter, tiny_base, low_rank_update, tmp_path):
+    base_v2, a2 = low_rank_update
+    assert _train(suite, (tiny_adapter, tiny_base), (a2, base_v2), tmp_path / "out", "--interpolate", "0.5") == 0
+    record = json.loads((tmp_path / "out" / trainer.TRAINING_JSON).read_text())
+    assert [t["alpha"] for t in record["epochs"][0]["starts"]] == [0.5]
     assert record["epochs"][0]["val"] != record["a2_val"]
+
+
+def test_start_selection_keeps_the_lowest_nfr_above_the_floor_and_prefers_the_new_side_on_ties():
+    def val(acc, nfr):
+        return {"acc": acc, "nfr": nfr}
+
+    a2 = (None, val(0.70, 0.05))
+    # 0.75 flips least but falls below A2's accuracy − 0.5 pt: 0.5 is kept
+    starts = [(0.25, val(0.70, 0.04)), (0.5, val(0.697, 0.03)), (0.75, val(0.69, 0.01))]
+    assert trainer.choose_candidate([a2, *starts], "multiple_choice", 0.005) == 0.5
+    # equal NFR and accuracy: the start nearer the new stack
+    starts = [(0.25, val(0.70, 0.03)), (0.5, val(0.70, 0.03))]
+    assert trainer.choose_candidate([a2, *starts], "multiple_choice", 0.005) == 0.25
+    # none flips less than A2: A2; an equal NFR at a higher accuracy wins over A2
+    assert trainer.choose_candidate([a2, (0.5, val(0.71, 0.06))], "multiple_choice", 0.005) is None
+    assert trainer.choose_candidate([a2, (0.5, val(0.71, 0.05))], "multiple_choice", 0.005) == 0.5
 
 
 def test_interpolate_0_starts_from_a2(suite, tiny_adapter, tiny_base, low_rank_update, tmp_path):
@@ -139,6 +194,30 @@ def test_across_architectures_the_default_starts_from_a2_and_an_explicit_alpha_i
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--interpolate needs old and new bases of one architecture" in err
     assert not (tmp_path / "refused").exists()
+
+
+def test_across_architectures_the_default_distils_and_epochs_0_is_refused_before_any_model_loads(
+        suite, tiny_adapter, tiny_base, low_rank_update, tmp_path, capsys):
+    from tests import tiny
+
+    base_v2, a2 = low_rank_update
+    other_tok = tiny.build_tokenizer(tmp_path / "tok", vocab_size=300)
+    other_base = tiny.build_base(tmp_path / "other", other_tok, seed=5, hidden=48)
+    a1_other = tiny.build_adapter(tmp_path / "a1_other", other_base, seed=7)
+
+    def preflight(old, **options):
+        config = trainer.TrainConfig(mode="train", suite=str(suite), task="pick", output=str(tmp_path / "out"),
+                                     old_adapter=str(old[0]), old_base=str(old[1]), new_adapter=str(a2),
+                                     base=str(base_v2), **options)
+        return trainer.preflight(config)[0]
+
+    # one architecture: the grid of starts, untrained; another family: no start but A2, so it distils
+    assert preflight((tiny_adapter, tiny_base)).epochs == 0
+    assert preflight((a1_other, other_base)).epochs == trainer.DEFAULT_EPOCHS["finetune"]
+    with pytest.raises(CompatInputError, match="differ in architecture .*pass --epochs N to distil"):
+        preflight((a1_other, other_base), epochs=0)
+    assert _train(suite, (a1_other, other_base), (a2, base_v2), tmp_path / "refused", "--epochs", "0") == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
 
 
 def test_add_modules_with_an_interpolated_start_is_refused(suite, tiny_adapter, tiny_base, low_rank_update,

