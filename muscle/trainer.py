@@ -3,13 +3,15 @@
 Read it top to bottom, as torchtune's recipes: :func:`train` is the whole run,
 
     recipe.setup()                        preflight, data, student, teachers, optimizer, checkpoints
-    epoch 0: recipe.validate(0)           the student before training (A2 itself for train)
+    epoch 0: recipe.validate_start()      the student before training: the start chosen on validation
     per epoch: recipe.train_epoch(e) → recipe.validate(e) → recipe.checkpoint(e)
     recipe.save()                         the selected epoch's adapter + muscle_training.json, atomically
 
 - finetune: base + fresh LoRA, CE on the gold continuation tokens.
 - train: student = new base + a trainable LoRA that starts at θ_α, the two stacks' weights
-  interpolated (muscle/interpolation.py; α = 0: A2 itself, MUSCLE's start). What it learns from is the
+  interpolated (muscle/interpolation.py), α chosen on validation among DEFAULT_ALPHAS by the selection
+  rule, or at A2 itself (MUSCLE's start: --interpolate 0, another base family, or no θ_α beats A2 on
+  validation). What it learns from is the
   objective (muscle/objectives.py): ``token`` (teachers' logits: M1 resident on its own base or
   precomputed to disk, M2 as a second frozen adapter on the student's base), ``choice`` and
   ``sequence`` (the gate's cached predictions of M1 and M2 on the train split; no teacher resident).
@@ -483,7 +485,8 @@ def preflight(config: TrainConfig):
     must_train = (config.mode == "finetune" or config.interpolate == 0.0 or bool(config.add_modules)
                   or config.select == "loss")
     if config.epochs is not None and (config.epochs < 0 or (config.epochs == 0 and must_train)):
-        raise CompatInputError(_EPOCHS_FIX)
+        raise CompatInputError("--epochs must be a positive integer (0 only for `muscle train` from an "
+                               "interpolated start, selected by validation NFR: it keeps the start or A2)")
     for name in ("batch_size", "max_length", "rank", "top_k"):
         if getattr(config, name) < 1:
             raise CompatInputError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -522,10 +525,6 @@ def preflight(config: TrainConfig):
     if config.epochs is None:
         config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else "train"])
     return config, task
-
-
-_EPOCHS_FIX = ("--epochs must be a positive integer (0 only for `muscle train` from an interpolated start, "
-               "selected by validation NFR: it keeps the start or A2)")
 
 
 def _check_across_families(config: TrainConfig, differs: str) -> None:
