@@ -268,7 +268,9 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
             "step_time_s": record["step_time_s"], "n_train": record["task"]["n_train"],
             "n_val": record["task"]["n_val"], "chosen_epoch": record["chosen_epoch"],
             "kept": record.get("kept", f"epoch {record['chosen_epoch']}"),
-            "val_at_chosen_epoch": chosen}
+            "val_at_chosen_epoch": chosen,
+            # every interpolated start validated (α → validation metrics); the start is the one chosen
+            "starts_val": {str(t["alpha"]): t["val"] for t in record["epochs"][0].get("starts", [])}}
 
 
 def targets(rows: list[dict], kind: str) -> dict | None:
@@ -326,7 +328,17 @@ def _recipe(row: dict) -> str:
 
 
 def _start(row: dict) -> str:
-    return "—" if row["objective"] is None else row.get("start", "A2")
+    """Where training started; for interpolated starts, which α were validated (rows from before the
+    validation grid had one fixed start and say so)."""
+    if row["objective"] is None:
+        return "—"
+    tried = row.get("starts_val")
+    if tried is None:
+        return row.get("start", "A2") + ("" if row.get("start", "A2") == "A2" else ", fixed (before the α grid)")
+    if not tried:
+        return row.get("start", "A2")
+    grid = "/".join(tried)
+    return f"{row['start']}, chosen of α {grid}" if row["start"] != "A2" else f"A2 (no α of {grid} beat it)"
 
 
 def _kept(row: dict) -> str:
