@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from pytest_modelcompat.models.stack import Stack
 
 Request = tuple[str, Sequence[str]]
+# The fewest rows the LM head's product gets (see _forward_trees): below it BLAS may switch kernels.
+MIN_HEAD_ROWS = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +251,13 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
             scored_tok += continuation
             scored_slot += [slot] * len(continuation)
     mask = _attention_mask(config or model.config, allowed, position_ids, dtype, device)
+    # The LM head is one (kept positions × hidden) @ (hidden × vocab) product; BLAS may take another
+    # kernel for a product of few rows, and round differently (measured on an AVX-512/AMX Xeon: up
+    # to 3.6e-6 per logit below 16 rows, 0 from 16 on). So it always gets at least MIN_HEAD_ROWS
+    # rows: spare positions are kept and their logits ignored, and a row's scores do not depend on
+    # how many positions its batch scores.
+    spare = (~keep).flatten().nonzero()[: max(0, MIN_HEAD_ROWS - int(keep.sum())), 0]
+    keep.view(-1)[spare] = True
 
     # Map (row, column) of every kept position to its index in the flattened kept logits.
     flat_index = torch.cumsum(keep.flatten(), 0).view(rows, width) - 1
