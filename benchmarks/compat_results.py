@@ -183,6 +183,7 @@ def ensure_bases(update: dict) -> tuple[Path, Path]:
         return demo.base_v1_dir(), update["new_base"]()
     delta = update["delta"]
     if "delta_options" in update and not (delta / "adapter_model.safetensors").is_file():
+        delta.parent.mkdir(parents=True, exist_ok=True)
         run([sys.executable, str(demo.REPO / "scripts" / "build_base_v2.py"), "--out", str(delta),
              "--work", str(delta.parent / "base_v2_build"), *update["delta_options"]], delta.with_suffix(".log"))
     return demo.base_v1_dir(), demo.base_v2_dir(delta)
