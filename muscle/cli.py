@@ -53,7 +53,8 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
     p.add_argument("--epochs", type=int, default=None if mode == "train" else DEFAULT_EPOCHS[mode],
                    help="passes over the train split" + (" (default 0: the interpolated start or A2, whichever "
                                                          f"validation prefers, untrained; {DEFAULT_EPOCHS['finetune']} "
-                                                         "from A2 with --interpolate 0 or --add-modules)"
+                                                         "from A2 with --interpolate 0, --add-modules or across base "
+                                                         "families)"
                                                          if mode == "train" else ""))
     p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
     p.add_argument("--batch-size", type=int, default=8, help="training examples per optimizer step")
