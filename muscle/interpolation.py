@@ -83,6 +83,12 @@ def same_architecture(old_model, new_model) -> str | None:
     old_linear, new_linear = linear_weights(old_model), linear_weights(new_model)
     old = {n: tuple(w.shape) for n, w in {**old_linear, **other_parameters(old_model, old_linear)}.items()}
     new = {n: tuple(w.shape) for n, w in {**new_linear, **other_parameters(new_model, new_linear)}.items()}
+    return shape_difference(old, new)
+
+
+def shape_difference(old: dict, new: dict) -> str | None:
+    """The first parameter (by name) whose shape differs between two name → shape maps, as a
+    message; None when they are equal."""
     for name in sorted(set(old) | set(new)):
         if old.get(name) != new.get(name):
             return f"{name}: {old.get(name, 'absent')} (old) vs {new.get(name, 'absent')} (new)"

@@ -543,6 +543,7 @@ def _check_stacks(config: TrainConfig) -> str | None:
     """What load_stack would refuse of the two stacks, and (token) their vocabularies; returns what
     differs between the two bases' architectures (parameter names and shapes, read from their configs
     without weights), None where they share one or a config cannot be read without loading."""
+    from muscle.interpolation import shape_difference
     from pytest_modelcompat import check_stack_files, linear_module_names, load_tokenizer, parameter_shapes
 
     old_base, new_base = (
@@ -570,10 +571,7 @@ def _check_stacks(config: TrainConfig) -> str | None:
                               for base in (old_base, new_base))
     if old_shapes is None or new_shapes is None:
         return None
-    for name in sorted(set(old_shapes) | set(new_shapes)):
-        if old_shapes.get(name) != new_shapes.get(name):
-            return f"{name}: {old_shapes.get(name, 'absent')} (old) vs {new_shapes.get(name, 'absent')} (new)"
-    return None
+    return shape_difference(old_shapes, new_shapes)
 
 
 def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
