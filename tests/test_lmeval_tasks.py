@@ -8,6 +8,7 @@ gold, filtered answers and metrics for canned model outputs.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,35 @@ def test_example_sst2_suite_is_lm_evals_glue_sst2_prompt(tmp_path):
     mine = load_instances(ours)
     assert len(mine) == 872
     assert [(i.context, i.choices, i.gold) for i in mine] == [(i.context, i.choices, i.gold) for i in theirs]
+
+
+def test_example_gsm8k_suite_is_lm_evals_gsm8k_prompt(tmp_path, monkeypatch):
+    """example_suite/gsm8k renders the zero-shot contexts and gold answers lm-eval's gsm8k task
+    renders, on rows in GSM8K's format (the suite reads $MODELCOMPAT_GSM8K; no GSM8K copy here)."""
+    import lm_eval
+
+    rows = [{"question": f"Tom has {n} apples and buys {n + 2} more. How many apples does he have?",
+             "answer": f"He has {n} + {n + 2} = <<{n}+{n + 2}={2 * n + 2}>>{2 * n + 2} apples.\n#### {2 * n + 2}"}
+            for n in range(5)]
+    for split in ("test", "train"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setenv("MODELCOMPAT_GSM8K", str(tmp_path))
+    bundled = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
+    local = {key: bundled[key] for key in ("doc_to_text", "doc_to_target", "output_type", "generation_kwargs",
+                                          "metric_list", "filter_list")}
+    local.update(task="local_gsm8k", dataset_path="json", test_split="test", num_fewshot=0,
+                 dataset_kwargs={"data_files": {"test": str(tmp_path / "test.jsonl")}})
+    (tmp_path / "gsm8k.yaml").write_text(yaml.safe_dump(local))
+    (tmp_path / "modelcompat.yaml").write_text(yaml.safe_dump({"tasks": [{"name": "via_lm_eval", "lm_eval": "gsm8k.yaml"}]}))
+    [via_lm_eval] = load_suite(tmp_path / "modelcompat.yaml")
+    [ours] = load_suite(REPO / "example_suite" / "gsm8k" / "compat_gsm8k.yaml")
+    theirs, mine = load_instances(resolve_task(via_lm_eval)), load_instances(ours)
+    assert len(mine) == 5
+    assert [(i.context, i.gold) for i in mine] == [(i.context, i.gold) for i in theirs]
+    strict = bundled["filter_list"][0]["filter"][0]["regex_pattern"]   # lm-eval's strict-match answer
+    for answer in [i.gold for i in mine] + ["so #### 1,234.5 dollars", "#### -3", "no final answer"]:
+        found, expected = re.search(ours.extract, answer), re.search(strict, answer)
+        assert (found and found.group(1)) == (expected and expected.group(1))
 
 
 BAD_TASKS = {
