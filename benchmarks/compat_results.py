@@ -1,6 +1,6 @@
 """Does `muscle train` fix what the gate finds? Compatibility adapters vs the plain update, on real weights.
 
-    python benchmarks/compat_results.py [--update NAME ...] [--variant NAME ...] [--limit N] [--train-rows N] [--val-rows N]
+    python benchmarks/compat_results.py [--update NAME ...] [--variant NAME ...] [--limit N] [--train-rows N] [--val-rows N] [--max-length N]
 
 For each update (old stack A1 on base v1, new stack A2 on base v2; see muscle/demo.py) and task, one
 row for A2 itself (``"objective": null``) and one per compatibility variant, each trained by the
@@ -375,6 +375,13 @@ def _kept(row: dict) -> str:
     return row.get("kept") or ("A2" if row["chosen_epoch"] == 0 else f"epoch {row['chosen_epoch']}")
 
 
+def _options(row: dict) -> str:
+    """The variant's own `muscle train` options ("(none)" for the default row)."""
+    if row["objective"] is None:
+        return "—"
+    return " ".join(VARIANTS.get(row["new"], [])) or "(none)"
+
+
 def _f(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -390,28 +397,29 @@ def render_markdown(results: dict, name: str = "compat") -> str:
              "Every compatibility row: `muscle train` with the sizes in column *recipe* plus "
              "its own options (column *options*); the default row passes none. Metrics on the task's eval split "
              "(never trained on). *start*: where training starts (A2, or θ_α: the two stacks' weights interpolated, "
-             "muscle/interpolation.py); *kept*: what selection kept on the 20 % validation part of the train file "
-             "(A2, the start = epoch 0, or a trained epoch).", ""]
+             "muscle/interpolation.py); *kept*: what selection kept on the validation part of the train file "
+             "(column *recipe*: 20 % unless --val-rows; A2, the start = epoch 0, or a trained epoch).", ""]
     for entry in results["tasks"]:
         n = entry["rows"][0]["n"]
         lines += [f"## update `{entry['update']}` · {entry['task']} ({entry['kind']}, n = {n})", ""]
         if entry["kind"] == "generative":
-            lines += ["| new stack | objective | mask | default | ROUGE-1 old | ROUGE-1 new | NFR~ | PFR~ | m_r | m_g |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += ["| new stack | objective | mask | default | ROUGE-1 old | ROUGE-1 new | NFR~ | PFR~ | m_r | m_g | "
+                      "options | recipe | start | train (s) | kept |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
                       f"{_f(r['score_old'])} | {_f(r['score_new'])} | {_f(r['nfr_smooth'])} | {_f(r['pfr_smooth'])} | "
-                      f"{_f(r['m_r'])} | {_f(r['m_g'])} |" for r in entry["rows"]]
+                      f"{_f(r['m_r'])} | {_f(r['m_g'])} | `{_options(r)}` | {_recipe(r)} | {_start(r)} | "
+                      f"{_f(r.get('train_s'), 0)} | {_kept(r)} |" for r in entry["rows"]]
         else:
             lines += ["| new stack | objective | mask | default | acc old | acc new | NFR [95 % CI] | PFR | NFR_mc | "
                       "BTC | McNemar p | options | recipe | start | train (s) | kept |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in entry["rows"]:
-                options = " ".join(VARIANTS.get(r["new"], [])) if r["objective"] else "—"
                 lines.append(
                     f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
                     f"{_f(r['acc_old'])} | {_f(r['acc_new'])} | {_f(r['nfr'])} [{_f(r['nfr_ci'][0])}, {_f(r['nfr_ci'][1])}] | "
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
-                    f"`{options or '(none)'}` | {_recipe(r)} | {_start(r)} | {_f(r.get('train_s'), 0)} | {_kept(r)} |")
+                    f"`{_options(r)}` | {_recipe(r)} | {_start(r)} | {_f(r.get('train_s'), 0)} | {_kept(r)} |")
         t = entry.get("targets")
         if t:
             what = "NFR~" if entry["kind"] == "generative" else "NFR"
@@ -433,6 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="first N eval instances (default: the whole eval split)")
     parser.add_argument("--train-rows", type=int, help="override TRAIN_RECIPE's --limit (train rows)")
     parser.add_argument("--epochs", type=int, help="override TRAIN_RECIPE's --epochs")
+    parser.add_argument("--max-length", type=int, help="override TRAIN_RECIPE's --max-length (tokens)")
     parser.add_argument("--val-rows", type=int, help="validation rows of the train rows (default: `muscle train`'s 20 %%)")
     args = parser.parse_args(argv)
     os.environ.update(demo.demo_env())
@@ -456,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
                   {"new": "A2", "objective": None, "mask": None, "default": False, **evaluator.metrics(update["a2"])},
                   results_name, mc_factor)
         recipe = list(TRAIN_RECIPE)
-        for flag, value in (("--limit", args.train_rows), ("--epochs", args.epochs)):
+        for flag, value in (("--limit", args.train_rows), ("--epochs", args.epochs), ("--max-length", args.max_length)):
             if value is not None:
                 recipe[recipe.index(flag) + 1] = str(value)
         if args.val_rows is not None:
