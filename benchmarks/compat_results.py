@@ -421,6 +421,8 @@ def render_markdown(results: dict, name: str = "compat") -> str:
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
                     f"`{_options(r)}` | {_recipe(r)} | {_start(r)} | {_f(r.get('train_s'), 0)} | {_kept(r)} |")
         t = entry.get("targets")
+        if not any(r.get("default") for r in entry["rows"]):
+            lines += ["", "No default `muscle train` row measured for this update yet (README: what ran and why not)."]
         if t:
             what = "NFR~" if entry["kind"] == "generative" else "NFR"
             default = next(r for r in entry["rows"] if r.get("default"))
