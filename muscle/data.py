@@ -2,7 +2,11 @@
 
 An example is prompt (``Instance.context``) + gold continuation (delimiter + gold choice for
 multiple choice, delimiter + target otherwise), tokenised by the scorer's own
-``pytest_modelcompat.encode_request`` (lm-eval's split), with the loss only on continuation tokens. An empty context
+``pytest_modelcompat.encode_request`` (lm-eval's split), with the loss only on continuation tokens.
+A generated target (exact_match, generative) ends with the tokenizer's end-of-text token: the gate
+generates until EOS or a stop string, and a target that ends at its last word teaches the model
+to run on to the token cap (GSM8K adapters trained without it repeated ``#### N`` for 256 tokens).
+Multiple choice scores the choice's log-likelihood only, so its target gets none. An empty context
 (``text: ""`` — plain causal-LM training on raw text) is conditioned on the BOS/EOS token as lm-eval
 does, so every text token gets a loss.
 """
@@ -42,12 +46,14 @@ def continuation(task: TaskSpec, instance: Instance) -> str:
 def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_length: int,
                    start_index: int = 0, every_choice: bool = False) -> list[Example]:
     """Tokenise instances; sequences longer than max_length lose prompt tokens from the left
-    (as lm-eval truncates), then continuation tokens from the right, keeping ≥ 1 prompt token.
+    (as lm-eval truncates), then continuation tokens from the right (EOS first: a cut text did not
+    end there), keeping ≥ 1 prompt token.
 
     ``every_choice`` (multiple choice): one example per choice, prompt + that choice, in choice
     order, instead of one per instance with the gold choice. The gate decides on the log-likelihood
     of every choice, so a teacher's token distributions on the wrong choices carry as much of its
     decision as those on the gold one."""
+    end = [tokenizer.eos_token_id] if task.kind != "multiple_choice" and tokenizer.eos_token_id is not None else []
     examples = []
     for inst in instances:
         texts = [task.delimiter + c for c in inst.choices] if every_choice else [continuation(task, inst)]
@@ -55,6 +61,7 @@ def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_len
             if not cont:
                 raise CompatInputError(f"task {task.name!r}: instance {inst.id!r} has an empty continuation; "
                                        "fix its choices/label/target in the train data")
+            cont = cont + end
             cont = cont[: max_length - 1]
             ctx = ctx[-(max_length - len(cont)):]
             examples.append(Example(start_index + len(examples), ctx + cont, [IGNORE] * len(ctx) + cont, inst))

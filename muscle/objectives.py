@@ -282,11 +282,11 @@ class SequenceObjective:
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         from muscle.losses.sequence import sequence_loss
+        from muscle.losses.token import select_targets, target_logits
 
         def ce(part, weights):
-            ids = part["input_ids"].to(self.device)
-            logits = model(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
-            return sequence_loss(logits, part["labels"].to(self.device), weights.to(self.device))
+            part = {key: value.to(self.device) for key, value in part.items() if key != "index"}
+            return sequence_loss(target_logits(model, part), *select_targets(part["labels"]), weights.to(self.device))
 
         comp = ce(batch["target"], batch["weight"])
         stats = {"kl": comp.item(), "mask_old": batch["use_old"].mean().item()}

@@ -46,9 +46,32 @@ def test_every_choice_gives_one_example_per_choice_in_choice_order_with_running_
 def test_empty_context_trains_on_every_text_token(tokenizer):
     inst = Instance(id="0", context="", choices=None, gold="The cat sat on the mat.", doc={})
     [ex] = build_examples(tokenizer, _task("generative", delimiter=""), [inst], max_length=64)
-    text = tokenizer.encode("The cat sat on the mat.", add_special_tokens=False)
+    text = tokenizer.encode("The cat sat on the mat.", add_special_tokens=False) + [tokenizer.eos_token_id]
     assert ex.input_ids == [tokenizer.bos_token_id] + text
     assert ex.labels == [IGNORE] + text
+
+
+@pytest.mark.parametrize("kind", ["generative", "exact_match"])
+def test_a_generated_target_ends_with_eos_so_the_adapter_learns_to_stop(tokenizer, kind):
+    inst = Instance(id="0", context="Question: 2+2?\nAnswer:", choices=None, gold="4\n#### 4", doc={})
+    [ex] = build_examples(tokenizer, _task(kind), [inst], max_length=64)
+    [(ctx, cont)] = encode_request(tokenizer, inst.context, [" 4\n#### 4"])
+    assert ex.input_ids == ctx + cont + [tokenizer.eos_token_id]
+    assert ex.labels == [IGNORE] * len(ctx) + cont + [tokenizer.eos_token_id]
+
+
+def test_a_choice_gets_no_eos_since_the_gate_scores_the_choice_alone(tokenizer):
+    inst = Instance(id="0", context="The cat sat on the", choices=("dog", "mat"), gold=1, doc={})
+    [ex] = build_examples(tokenizer, _task("multiple_choice"), [inst], max_length=64)
+    assert ex.input_ids[-1] != tokenizer.eos_token_id
+
+
+def test_a_target_cut_by_max_length_loses_its_eos_first(tokenizer):
+    inst = Instance(id="0", context="Q", choices=None, gold="one two three four five six seven", doc={})
+    [full] = build_examples(tokenizer, _task("generative"), [inst], max_length=1000)
+    [cut] = build_examples(tokenizer, _task("generative"), [inst], max_length=len(full.input_ids) - 1)
+    assert full.labels[-1] == tokenizer.eos_token_id
+    assert cut.input_ids == full.input_ids[:-1]
 
 
 def test_long_examples_lose_prompt_tokens_from_the_left(tokenizer):

@@ -10,7 +10,7 @@ import torch
 
 from muscle.losses.choice import choice_loss, instance_mask
 from muscle.losses.sequence import focal_weights, pick_targets, sequence_loss, target_texts
-from muscle.losses.token import kl_to_student
+from muscle.losses.token import kl_to_student, select_targets
 from muscle.trainer import choose_epoch
 
 LN3 = math.log(3)
@@ -103,12 +103,44 @@ def test_sequence_targets_follow_the_rule_and_its_tie_break():
 
 
 def test_sequence_loss_weights_rows():
-    # Two rows, one target token each (position 0 predicts label at 1); logits uniform over 2 tokens → CE ln 2
-    # for row 0; row 1 has logit (ln 3, 0) with label 0 → CE = ln(4/3).
-    logits = t([[0.0, 0.0], [0.0, 0.0]], [[LN3, 0.0], [0.0, 0.0]])
+    # Two rows, one target token each (position 0 predicts label at 1): row 0's logits uniform over 2
+    # tokens → CE ln 2; row 1's (ln 3, 0) with label 0 → CE = ln(4/3). Weights 1 and 3.
     labels = torch.tensor([[-100, 1], [-100, 0]])
-    loss = sequence_loss(logits, labels, t(1.0, 3.0))
+    targets, sequence = select_targets(labels)
+    assert targets.tolist() == [1, 0] and sequence.tolist() == [0, 1]
+    loss = sequence_loss(t([0.0, 0.0], [LN3, 0.0]), targets, sequence, t(1.0, 3.0))
     assert loss.item() == pytest.approx((math.log(2) + 3 * math.log(4 / 3)) / 4)
+
+
+def test_sequence_objective_runs_the_lm_head_on_target_positions_only(tiny_base, tiny_tokenizer):
+    # The head's input is [N, hidden] with N the target tokens, not every position of the batch,
+    # and the loss is the same as cross-entropy over the full head's shifted logits.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from muscle.objectives import SequenceObjective
+    from muscle.trainer import TrainConfig
+    from pytest_modelcompat.scoring.predictions import Prediction
+    from pytest_modelcompat.tasks.spec import Instance, TaskSpec
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_tokenizer)
+    task = TaskSpec(name="t", kind="generative", source=None, data=None, train=None, text=None, choices=None,
+                    label=None, target=None, delimiter=" ")
+    insts = [Instance(id=str(i), context=c, choices=None, gold="the mat", doc={}) for i, c in enumerate(["The cat sat on", "A"])]
+    teachers = {side: {i.id: Prediction(pred=" the mat", correct=None, score=0.5, text=" the mat") for i in insts}
+                for side in ("old", "new")}
+    config = TrainConfig(mode="train", suite="s", task="t", output="o", objective="sequence", mask="paper")
+    objective = SequenceObjective(config, task, tokenizer, 0, teachers, "cpu")
+    batch = objective.collate(objective.items(insts))
+    head_rows = []
+    model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        loss, _ = objective.loss(model, batch)
+        part = batch["target"]
+        targets = (part["labels"] != -100).sum().item()
+        assert head_rows == [targets] and targets < part["input_ids"].numel()
+        full = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), part["labels"][:, 1:].flatten())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def _history(*rows):
