@@ -61,8 +61,7 @@ def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_len
             if not cont:
                 raise CompatInputError(f"task {task.name!r}: instance {inst.id!r} has an empty continuation; "
                                        "fix its choices/label/target in the train data")
-            cont = cont + end
-            cont = cont[: max_length - 1]
+            cont = (cont + end)[: max_length - 1]
             ctx = ctx[-(max_length - len(cont)):]
             examples.append(Example(start_index + len(examples), ctx + cont, [IGNORE] * len(ctx) + cont, inst))
     return examples
