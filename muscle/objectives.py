@@ -285,7 +285,7 @@ class SequenceObjective:
         from muscle.losses.token import select_targets, target_logits
 
         def ce(part, weights):
-            part = {key: value.to(self.device) for key, value in part.items() if key != "index"}
+            part = {key: value.to(self.device) for key, value in part.items()}
             return sequence_loss(target_logits(model, part), *select_targets(part["labels"]), weights.to(self.device))
 
         comp = ce(batch["target"], batch["weight"])
