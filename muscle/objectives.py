@@ -129,7 +129,8 @@ class TokenObjective:
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         import torch
 
-        from muscle.losses.token import muscle_loss, select_targets, target_logits
+        from muscle.losses.targets import select_targets, target_logits
+        from muscle.losses.token import muscle_loss
 
         batch = {key: value.to(self.device) for key, value in batch.items()}
         student, (targets, sequence) = target_logits(model, batch), select_targets(batch["labels"])
@@ -282,7 +283,7 @@ class SequenceObjective:
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         from muscle.losses.sequence import sequence_loss
-        from muscle.losses.token import select_targets, target_logits
+        from muscle.losses.targets import select_targets, target_logits
 
         def ce(part, weights):
             part = {key: value.to(self.device) for key, value in part.items()}

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from muscle.data import Example, collate
-from muscle.losses.token import TopKLogits, select_targets, target_logits
+from muscle.losses.targets import select_targets, target_logits
+from muscle.losses.token import TopKLogits
 from pytest_modelcompat import atomic_write
 
 if TYPE_CHECKING:

@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from muscle.losses.token import (
-    TopKLogits,
-    compatibility_mask,
-    kl_to_student,
-    muscle_loss,
-    scored_positions,
-    select_targets,
-    target_logits,
-)
+from muscle.losses.targets import scored_positions, select_targets, target_logits
+from muscle.losses.token import TopKLogits, compatibility_mask, kl_to_student, muscle_loss
 
 LN3 = math.log(3)
 

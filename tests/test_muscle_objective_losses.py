@@ -10,7 +10,8 @@ import torch
 
 from muscle.losses.choice import choice_loss, instance_mask
 from muscle.losses.sequence import focal_weights, pick_targets, sequence_loss, target_texts
-from muscle.losses.token import kl_to_student, select_targets
+from muscle.losses.targets import select_targets
+from muscle.losses.token import kl_to_student
 from muscle.trainer import choose_epoch
 
 LN3 = math.log(3)

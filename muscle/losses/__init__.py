@@ -2,7 +2,9 @@
 
 - :mod:`muscle.losses.token`: the paper's per-token masked KL (docs/muscle.md), teachers' full logits;
 - :mod:`muscle.losses.choice`: multiple choice, KL between choice distributions;
-- :mod:`muscle.losses.sequence`: generation, cross-entropy on the better teacher's output.
+- :mod:`muscle.losses.sequence`: generation, cross-entropy on the better teacher's output;
+- :mod:`muscle.losses.targets`: the target tokens of a batch and the logits at their positions only
+  (shared by ``token`` and ``sequence``).
 
 Every objective takes the same knobs: ``mask`` picks, per unit (token or instance), whether the
 target is the old model's behaviour or the new one's; ``temperature``; ``ce_weight`` mixes in the

@@ -61,7 +61,7 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, sequence: torch.T
     """Cross-entropy of the target tokens, each weighted by its sequence's ``weights[row]``,
     normalised by the weighted token count. ``logits`` [N, V] are the student's at the target
     positions only, ``targets`` [N] their tokens and ``sequence`` [N] their rows
-    (``muscle.losses.token.target_logits`` / ``select_targets``): with Gemma-3's 262k vocabulary a
+    (``muscle.losses.targets.target_logits`` / ``select_targets``): with Gemma-3's 262k vocabulary a
     head over every position of a batch of 8 × 384 tokens would be 3.2 GB per float32 copy."""
     token_ce = F.cross_entropy(logits.float(), targets, reduction="none")
     token_weight = weights[sequence].to(token_ce.dtype)
