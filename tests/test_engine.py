@@ -67,6 +67,37 @@ def test_packed_trees_equal_one_forward_per_choice(stack):
         assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_training_form_has_the_gradients_of_one_forward_per_choice(tiny_adapter):
+    """What `muscle train --objective choice` back-propagates: the packed forward's gradients equal
+    autograd through one plain forward per choice. Positions shared by several choices (the context's
+    last one predicts every first token) make the token log-probs' custom backward accumulate."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = _base_dir(tiny_adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tiny_adapter, is_trainable=True)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    weights = torch.randn(sum(len(c) for _, c in REQUESTS), generator=torch.Generator().manual_seed(0))
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def gradients(logliks):
+        grads = torch.autograd.grad((torch.cat(list(logliks)) * weights).sum(), lora)
+        return torch.cat([g.flatten() for g in grads])
+
+    packed = gradients(engine.packed_choice_loglikelihoods(model, tokenizer, REQUESTS, device=torch.device("cpu")))
+    reference = []
+    for context, continuations in REQUESTS:
+        row = []
+        for context_enc, continuation_enc in engine.encode_request(tokenizer, context, continuations):
+            logits = model(input_ids=torch.tensor([(context_enc + continuation_enc)[:-1]])).logits[0]
+            logprobs = torch.log_softmax(logits[-len(continuation_enc):], dim=-1)
+            row.append(logprobs.gather(1, torch.tensor(continuation_enc)[:, None]).sum())
+        reference.append(torch.stack(row))
+    assert packed.abs().max() > 0
+    torch.testing.assert_close(packed, gradients(reference), rtol=1e-4, atol=1e-6)
+
+
 def test_shared_leading_tokens_are_computed_once(stack):
     trees, _ = engine._build_trees(stack.tokenizer, REQUESTS[1:2], limit=512)
     (tree,) = trees

@@ -223,6 +223,8 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
     ``width``: pad the rows to it (default: the longest tree)."""
     import torch
 
+    from pytest_modelcompat.scoring.token_logprobs import token_logprobs as scored_token_logprobs
+
     width = max(width or 0, max(tree.length for tree in trees))
     rows = len(trees)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -266,8 +268,7 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
         input_ids=input_ids.to(device), attention_mask=mask,
         position_ids=position_ids.to(device), logits_to_keep=keep.to(device), use_cache=False,
     ).logits.float()
-    log_norm = torch.logsumexp(logits, dim=-1)
-    token_logprobs = logits[src, torch.tensor(scored_tok, device=device)] - log_norm[src]
+    token_logprobs = scored_token_logprobs(logits, src, torch.tensor(scored_tok, device=device))
     slots = sorted(set(scored_slot))
     slot_index = {s: i for i, s in enumerate(slots)}
     owner = torch.tensor([slot_index[s] for s in scored_slot], device=device)
