@@ -41,22 +41,29 @@ def _base_dir(adapter_dir):
     return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
-def _reference(stack, requests):
-    """One right-padded forward per (context, choice) and a full log_softmax, like lm-eval."""
+def _per_choice_logliks(model, tokenizer, requests):
+    """One forward per (context, choice) and a full log_softmax, like lm-eval: a tensor of choice
+    log-likelihoods per request (with gradients where the caller allows them)."""
     import torch
 
     out = []
-    limit = engine.max_length(stack.model, stack.tokenizer)
+    limit = engine.max_length(model, tokenizer)
     for context, continuations in requests:
         values = []
-        for context_enc, continuation_enc in engine.encode_request(stack.tokenizer, context, continuations):
+        for context_enc, continuation_enc in engine.encode_request(tokenizer, context, continuations):
             inp = (context_enc + continuation_enc)[-(limit + 1):][:-1]
-            with torch.inference_mode():
-                logits = stack.model(input_ids=torch.tensor([inp])).logits[0]
+            logits = model(input_ids=torch.tensor([inp])).logits[0]
             logprobs = torch.log_softmax(logits[-len(continuation_enc):], dim=-1)
-            values.append(float(logprobs.gather(1, torch.tensor(continuation_enc)[:, None]).sum()))
-        out.append(values)
+            values.append(logprobs.gather(1, torch.tensor(continuation_enc)[:, None]).sum())
+        out.append(torch.stack(values))
     return out
+
+
+def _reference(stack, requests):
+    import torch
+
+    with torch.inference_mode():
+        return [row.tolist() for row in _per_choice_logliks(stack.model, stack.tokenizer, requests)]
 
 
 def test_packed_trees_equal_one_forward_per_choice(stack):
@@ -86,16 +93,8 @@ def test_training_form_has_the_gradients_of_one_forward_per_choice(tiny_adapter)
         return torch.cat([g.flatten() for g in grads])
 
     packed = gradients(engine.packed_choice_loglikelihoods(model, tokenizer, REQUESTS, device=torch.device("cpu")))
-    reference = []
-    for context, continuations in REQUESTS:
-        row = []
-        for context_enc, continuation_enc in engine.encode_request(tokenizer, context, continuations):
-            logits = model(input_ids=torch.tensor([(context_enc + continuation_enc)[:-1]])).logits[0]
-            logprobs = torch.log_softmax(logits[-len(continuation_enc):], dim=-1)
-            row.append(logprobs.gather(1, torch.tensor(continuation_enc)[:, None]).sum())
-        reference.append(torch.stack(row))
     assert packed.abs().max() > 0
-    torch.testing.assert_close(packed, gradients(reference), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(packed, gradients(_per_choice_logliks(model, tokenizer, REQUESTS)), rtol=1e-4, atol=1e-6)
 
 
 def test_shared_leading_tokens_are_computed_once(stack):

@@ -223,7 +223,7 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
     ``width``: pad the rows to it (default: the longest tree)."""
     import torch
 
-    from pytest_modelcompat.scoring.token_logprobs import token_logprobs as scored_token_logprobs
+    from pytest_modelcompat.scoring.token_logprobs import token_logprobs
 
     width = max(width or 0, max(tree.length for tree in trees))
     rows = len(trees)
@@ -268,11 +268,11 @@ def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
         input_ids=input_ids.to(device), attention_mask=mask,
         position_ids=position_ids.to(device), logits_to_keep=keep.to(device), use_cache=False,
     ).logits.float()
-    token_logprobs = scored_token_logprobs(logits, src, torch.tensor(scored_tok, device=device))
+    scored_logprobs = token_logprobs(logits, src, torch.tensor(scored_tok, device=device))
     slots = sorted(set(scored_slot))
     slot_index = {s: i for i, s in enumerate(slots)}
     owner = torch.tensor([slot_index[s] for s in scored_slot], device=device)
-    sums = torch.zeros(len(slots), device=device).index_add_(0, owner, token_logprobs)
+    sums = torch.zeros(len(slots), device=device).index_add_(0, owner, scored_logprobs)
     return slots, sums
 
 
