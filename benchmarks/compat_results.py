@@ -25,6 +25,10 @@ Updates:
   most about: v2 *better* than v1 on average, still breaking some of v1's right answers. A1 was
   trained on 200 rows (``SST2_A1_RECIPE``), A2 on 1,600 (``SST2_A2_RECIPE``): the team labelled more
   data for the new release. Both adapters are built here. Measured: acc 0.669 → 0.853, NFR 0.065.
+  `muscle train` reads its rows from a second suite (``sst2_unseen_suite``): the same task, its
+  ``train:`` file rows of the full GLUE train set that neither adapter was trained on (read from
+  ``$MODELCOMPAT_SST2``, default ../shared/data/sst2). On its own training rows A2 is right far more
+  often than on new inputs, so the flips a student learns from there are not the ones it makes.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
   ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
@@ -86,6 +90,12 @@ VARIANTS = {
     "choice-paper-ensemble": ["--interpolate", "0", "--objective", "choice", "--mask", "paper", "--new-target", "ensemble"],
     "choice-old-correct-focal": ["--interpolate", "0", "--objective", "choice", "--mask", "old-correct", "--focal-weight", "1"],
     "choice-ensemble": ["--interpolate", "0", "--objective", "choice", "--mask", "none", "--old-target", "ensemble"],
+    # PCT's focal idea without a soft teacher: cross-entropy on the gold choice, instances M1 gets right
+    # weighing 1 + 5 (PCT's β = 5), where A1 is too weak to imitate (sst2-better: median margin 0.42 nats)
+    "focal-ce": ["--interpolate", "0", "--objective", "choice", "--ce-weight", "1", "--focal-weight", "5",
+                 "--train-on", "all"],
+    # its control: the same rows and steps, plain cross-entropy (fine-tuning A2 further on the gold choice)
+    "ce": ["--interpolate", "0", "--objective", "choice", "--ce-weight", "1", "--train-on", "all"],
     "token-paper": ["--interpolate", "0", "--objective", "token", "--mask", "paper", "--precompute-teachers"],
     # dense signal: M1's next-token distribution on every answer token, student widened to every linear
     "token-wide-none": ["--interpolate", "0", "--objective", "token", "--mask", "none", "--precompute-teachers", "--every-choice",
@@ -144,6 +154,41 @@ CHOICE_CE_A2_OPTIONS = ["--interpolate", "0", "--objective", "choice", "--ce-wei
                         "--seed", "0"]
 
 
+# sst2-better's compatibility rows: a seeded sample of the GLUE SST-2 train rows outside
+# example_suite/data/sst2_train.jsonl (the adapters' rows). Sized for ~10 min per epoch of the choice
+# objective on 2 CPU cores.
+SST2_UNSEEN_ROWS = 6000
+
+
+def sst2_unseen_suite() -> Path:
+    """The SST-2 suite with ``train:`` = ``SST2_UNSEEN_ROWS`` rows no adapter trained on (written once
+    under ``WORK``, from ``$MODELCOMPAT_SST2``; the eval split stays the shipped dev file)."""
+    import csv
+    import random
+
+    import yaml
+
+    work = WORK / "sst2-better"
+    suite, rows_file = work / "compat_sst2_unseen.yaml", work / "sst2_unseen_train.jsonl"
+    if suite.is_file():
+        return suite
+    shipped = demo.SUITE_DIR / "sst2" / "compat_sst2.yaml"
+    spec = yaml.safe_load(shipped.read_text())
+    (task,) = spec["tasks"]
+    used = {json.loads(line)["idx"] for line in (shipped.parent / task["train"]).read_text().splitlines()}
+    source = Path(demo.demo_env()["MODELCOMPAT_SST2"]) / "train.tsv"
+    with open(source, encoding="utf-8", newline="") as fh:   # idx = row number, as scripts/prepare_data.py
+        rows = [{"idx": i, "sentence": r["sentence"].strip(), "label": int(r["label"])}
+                for i, r in enumerate(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))]
+    unseen = [r for r in rows if r["idx"] not in used]
+    picked = sorted(random.Random(0).sample(range(len(unseen)), SST2_UNSEEN_ROWS))
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write(rows_file, "".join(json.dumps(unseen[i]) + "\n" for i in picked))
+    task = dict(task, data=str((shipped.parent / task["data"]).resolve()), train=str(rows_file))
+    atomic_write(suite, yaml.safe_dump({"tasks": [task]}, sort_keys=False))
+    return suite
+
+
 def updates() -> dict[str, dict]:
     """update name → suite, task, A1, A2, the base-v2 delta, and what is built here: ``build`` maps
     "a1"/"a2" to `muscle finetune` recipes, ``delta_options`` builds the delta."""
@@ -164,7 +209,8 @@ def updates() -> dict[str, dict]:
         # SST-2: v2 better on average (A2 trained on 8x A1's rows), the shipped base update.
         "sst2-better": {"suite": demo.SUITE_DIR / "sst2" / "compat_sst2.yaml", "task": "sst2",
                         "a1": WORK / "sst2-better" / "sst2_a1", "a2": WORK / "sst2-better" / "sst2_a2",
-                        "delta": demo.BASE_V2_DELTA, "build": {"a1": SST2_A1_RECIPE, "a2": SST2_A2_RECIPE}},
+                        "delta": demo.BASE_V2_DELTA, "build": {"a1": SST2_A1_RECIPE, "a2": SST2_A2_RECIPE},
+                        "train_suite": sst2_unseen_suite},
         # SAMSum (generative, ROUGE-1): adapters trained here (CC BY-NC-ND: never shipped), the
         # shipped base update.
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
@@ -213,8 +259,9 @@ def ensure_bases(update: dict) -> tuple[Path, Path]:
 
 def train_command(update: dict, new_adapter: Path, bases: tuple[Path, Path], out: Path, options: list[str]) -> list[str]:
     """`muscle train` from the update's A1 (old stack) to ``new_adapter`` on base v2, into ``out``
-    (``--resume``: an interrupted benchmark continues)."""
-    return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(update["suite"]), "--task", update["task"],
+    (``--resume``: an interrupted benchmark continues), on the update's ``train_suite`` where it has one."""
+    suite = update["train_suite"]() if "train_suite" in update else update["suite"]
+    return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(suite), "--task", update["task"],
             "--old-adapter", str(update["a1"]), "--old-base", str(bases[0]),
             "--new-adapter", str(new_adapter), "--new-base", str(bases[1]),
             "--output", str(out), "--resume", *options]

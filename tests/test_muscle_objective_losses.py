@@ -45,12 +45,12 @@ def test_choice_loss_ensemble_focal_and_ce():
     gold = torch.tensor([0, 0])
     # paper mask: instance 0 student (tie → argmax 0) right → new target; instance 1 right → new target.
     # ensemble w = 0.5: instance 0: ½(3/4,1/4) + ½(1/4,3/4) = (1/2, 1/2); instance 1: ½(1/4,3/4)+½(3/4,1/4) = (½, ½).
-    # focal f = 1: instance 0 (M1 right) weighs 2, instance 1 weighs 1.
+    # focal f = 1: instance 0 (M1 right) weighs 2, instance 1 weighs 1, in the KL and the CE alike.
     loss, _ = choice_loss(student, old, new, gold, mask="paper", temperature=1.0, new_target="ensemble",
                           ensemble_weight=0.5, focal_weight=1.0, ce_weight=0.25)
     kls = [kl([0.5, 0.5], [0.5, 0.5]), kl([0.5, 0.5], [0.75, 0.25])]
     comp = (2 * kls[0] + kls[1]) / 3
-    ce = (-math.log(0.5) - math.log(0.75)) / 2
+    ce = (-2 * math.log(0.5) - math.log(0.75)) / 3
     assert loss.item() == pytest.approx(0.75 * comp + 0.25 * ce)
 
 

@@ -12,7 +12,13 @@ as the gate decides. At temperature T:
     t     = m·p_old + (1 − m)·p_new             m ∈ {0, 1} from the mask (one per instance)
     a     = 1 + f·[M1 right]                    focal weight f (PCT), a = 1 for f = 0
     L_comp = Σ_i a_i·KL(t_i ‖ p_S,i) / Σ_i a_i
-    L      = (1 − λ_ce)·L_comp + λ_ce·CE(softmax(ℓ_S), g)
+    L_ce   = Σ_i a_i·CE(softmax(ℓ_S,i), g_i) / Σ_i a_i
+    L      = (1 − λ_ce)·L_comp + λ_ce·L_ce
+
+The focal weight a weighs both terms, as the sequence objective's weighs its cross-entropy: a wrong
+answer where M1 was right is a negative flip, so it costs 1 + f times a wrong answer M1 shared
+(PCT's focal idea). With λ_ce = 1 and f > 0 that is a weighted fine-tuning on the gold choice, which
+needs no teacher but M1's choice per instance.
 
 The default (muscle.objectives) is mask ``old-correct`` with M1's and M2's own distributions; the
 old/new ensemble (``old_target="ensemble"``, as PCT / ELODI distil towards an ensemble, which flips
@@ -91,7 +97,7 @@ def choice_loss(student: torch.Tensor, old: torch.Tensor, new: torch.Tensor, gol
     kl, weight, m, student_at_1 = _terms(student, old, new, gold, lengths, mask, temperature, old_target,
                                          new_target, ensemble_weight, focal_weight)
     comp = (weight * kl).sum() / weight.sum()
-    ce = F.cross_entropy(choice_log_probs(student, lengths, 1.0), gold)
+    ce = (weight * F.cross_entropy(choice_log_probs(student, lengths, 1.0), gold, reduction="none")).sum() / weight.sum()
     loss = (1 - ce_weight) * comp + ce_weight * ce if ce_weight else comp
     stats = {"loss": loss.item(), "kl": comp.item(), "ce": ce.item(), "mask_old": m.mean().item(),
              "student_acc": (student_at_1.argmax(-1) == gold).float().mean().item()}
