@@ -96,6 +96,10 @@ VARIANTS = {
                  "--train-on", "all"],
     # its control: the same rows and steps, plain cross-entropy (fine-tuning A2 further on the gold choice)
     "ce": ["--interpolate", "0", "--objective", "choice", "--ce-weight", "1", "--train-on", "all"],
+    # the interpolated start grid, untrained: the default where A2 does not beat A1 on validation
+    "grid-start": ["--epochs", "0"],
+    # focal-ce from the default's start (the interpolated θ_α selection keeps) instead of from A2
+    "start-focal-ce": ["--objective", "choice", "--ce-weight", "1", "--focal-weight", "5", "--train-on", "all"],
     "token-paper": ["--interpolate", "0", "--objective", "token", "--mask", "paper", "--precompute-teachers"],
     # dense signal: M1's next-token distribution on every answer token, student widened to every linear
     "token-wide-none": ["--interpolate", "0", "--objective", "token", "--mask", "none", "--precompute-teachers", "--every-choice",
@@ -321,17 +325,16 @@ class Evaluator:
 
 
 def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, recipe: list[str]) -> dict:
-    from muscle.objectives import DEFAULT_MASK, DEFAULT_OLD_TARGET
-
     record = json.loads((adapter / "muscle_training.json").read_text())
     config = record["config"]
     chosen = (record["a2_val"] if record["chosen_epoch"] is None
               else next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"])
     start = record.get("start", "A2")
     return {"new": name, "objective": config["objective"], "mask": config["mask"],
-            "default": name == "default" and config["mask"] == DEFAULT_MASK[config["objective"]]
-            and config.get("old_target", "m1") == DEFAULT_OLD_TARGET[config["objective"]]
-            and config.get("interpolate") is None,
+            "default": name == "default",   # `muscle train` with no options (VARIANTS["default"] is empty)
+            # the defaults validation chose (trainer.defaults_after_validation); absent in older records
+            "new_beats_old": record.get("new_beats_old"),
+            "ce_weight": config.get("ce_weight"), "focal_weight": config.get("focal_weight"),
             "start": start if start == "A2" else f"θ_α, α = {start['alpha']} (captured {start['captured']:.4f})",
             **metrics, "recipe": variant_recipe(name, recipe),
             "train_s": round(train_s, 1) if train_s is not None else record.get("wall_s"),
@@ -430,6 +433,16 @@ def _training_cells(row: dict) -> str:
     return f"`{options}` | {_recipe(row)} | {_start(row)} | {_f(row.get('train_s'), 0)} | {_kept(row)}"
 
 
+def _loss(row: dict) -> str:
+    """The mask column: the mask, or what replaced it where the loss is cross-entropy on the gold
+    choice alone (``--ce-weight 1``: no teacher target, the mask has nothing to choose)."""
+    if row.get("ce_weight") != 1:
+        return row["mask"] or "—"
+    focal = f", M1-right ×{1 + row['focal_weight']:g}" if row.get("focal_weight") else ""
+    why = " (A2 beats A1 on val)" if row.get("new_beats_old") else ""
+    return f"gold CE{focal}{why}"
+
+
 def _f(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -454,7 +467,7 @@ def render_markdown(results: dict, name: str = "compat") -> str:
             lines += ["| new stack | objective | mask | default | ROUGE-1 old | ROUGE-1 new | NFR~ | PFR~ | m_r | m_g | "
                       "options | recipe | start | train (s) | kept |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
+            lines += [f"| {r['new']} | {r['objective'] or '—'} | {_loss(r)} | {'**yes**' if r.get('default') else ''} | "
                       f"{_f(r['score_old'])} | {_f(r['score_new'])} | {_f(r['nfr_smooth'])} | {_f(r['pfr_smooth'])} | "
                       f"{_f(r['m_r'])} | {_f(r['m_g'])} | {_training_cells(r)} |" for r in entry["rows"]]
         else:
@@ -463,7 +476,7 @@ def render_markdown(results: dict, name: str = "compat") -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in entry["rows"]:
                 lines.append(
-                    f"| {r['new']} | {r['objective'] or '—'} | {r['mask'] or '—'} | {'**yes**' if r.get('default') else ''} | "
+                    f"| {r['new']} | {r['objective'] or '—'} | {_loss(r)} | {'**yes**' if r.get('default') else ''} | "
                     f"{_f(r['acc_old'])} | {_f(r['acc_new'])} | {_f(r['nfr'])} [{_f(r['nfr_ci'][0])}, {_f(r['nfr_ci'][1])}] | "
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
                     f"{_training_cells(r)} |")

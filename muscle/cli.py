@@ -44,7 +44,7 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
 
 
 def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
-    from muscle.trainer import DEFAULT_EPOCHS, DEFAULT_LR
+    from muscle.trainer import DEFAULT_EPOCHS, DEFAULT_LR, NEW_BEATS_OLD_DEFAULTS
     from pytest_modelcompat import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
 
     p.add_argument("--suite", required=True, help="suite YAML (modelcompat.yaml / compat_*.yaml)")
@@ -54,7 +54,8 @@ def _training_options(p: argparse.ArgumentParser, *, mode: str) -> None:
                    help="passes over the train split" + (" (default 0: the interpolated start or A2, whichever "
                                                          f"validation prefers, untrained; {DEFAULT_EPOCHS['finetune']} "
                                                          "from A2 with --interpolate 0, --add-modules or across base "
-                                                         "families)"
+                                                         f"families; {NEW_BEATS_OLD_DEFAULTS['epochs']} from A2, choice objective, "
+                                                         "where A2 beats A1 on validation)"
                                                          if mode == "train" else ""))
     p.add_argument("--lr", type=float, default=DEFAULT_LR[mode], help="AdamW learning rate (linear decay to 0)")
     p.add_argument("--batch-size", type=int, default=8, help="training examples per optimizer step")
@@ -93,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which tokens (token) or instances (choice, sequence) take the old side's target, "
                             "the rest the new side's (default: paper for token and sequence, old-correct for choice)")
     train.add_argument("--temperature", type=float, default=2.0, help="softening of token/choice distributions")
-    train.add_argument("--ce-weight", type=float, default=0.0,
-                       help="weight of the auxiliary cross-entropy on the gold answer: L = (1-w) L_comp + w CE")
+    train.add_argument("--ce-weight", type=float, default=None,
+                       help="weight of the auxiliary cross-entropy on the gold answer: L = (1-w) L_comp + w CE "
+                            "(default 0; choice, where A2 beats A1 on validation: 1)")
     train.add_argument("--old-target", choices=("m1", "ensemble"),
                        help="choice: where the mask says 'old', imitate M1 or the M1/M2 ensemble "
                             "(default: m1)")
@@ -102,11 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="choice: where the mask says 'new', imitate M2 or the M1/M2 ensemble")
     train.add_argument("--ensemble-weight", type=float, default=0.7,
                        help="M1's share w in the ensemble w*p_M1 + (1-w)*p_M2")
-    train.add_argument("--focal-weight", type=float, default=0.0,
-                       help="choice/sequence: instances M1 gets right weigh 1 + this")
-    train.add_argument("--train-on", choices=("disagreement", "all"), default="disagreement",
+    train.add_argument("--focal-weight", type=float, default=None,
+                       help="choice/sequence: instances M1 gets right weigh 1 + this (default 0; choice, where A2 "
+                            "beats A1 on validation: 5)")
+    train.add_argument("--train-on", choices=("disagreement", "all"), default=None,
                        help="choice: train on the instances whose target differs from A2's choice distribution "
-                            "(plus as many others as anchors), or on all")
+                            "(plus as many others as anchors), or on all (default: disagreement; where A2 beats A1 "
+                            "on validation: all)")
     train.add_argument("--every-choice", action="store_true",
                        help="token, multiple choice: distil on the text of every choice (what the gate compares), "
                             "not only the gold answer's; pair it with --mask none or old-correct, which do not "

@@ -55,6 +55,14 @@ DEFAULT_LR = {"finetune": 2e-4, "train": 1e-3}
 # from there, every measured run added flips on unseen rows (docs/muscle.md, "Defaults").
 # From A2 itself (--interpolate 0, --add-modules) or with --select loss, train runs finetune's count.
 DEFAULT_EPOCHS = {"finetune": 3, "train": 0}
+# The choice objective's defaults where the new stack is clearly better than the old on validation
+# (accuracy above A1's by more than --acc-tolerance). There every mix of the two stacks costs accuracy
+# — interpolated starts and old/new output ensembles alike (sst2-better, docs/muscle.md "Defaults") —
+# so the student starts at A2 and learns the task from the gold labels, with the instances M1 gets
+# right weighing 1 + 5 (PCT's focal weight, its β = 5): a wrong answer there is a negative flip.
+NEW_BEATS_OLD_DEFAULTS = {"interpolate": 0.0, "epochs": 2, "ce_weight": 1.0, "focal_weight": 5.0, "train_on": "all"}
+# Everywhere else: distillation only, on the instances with something to teach.
+DEFAULTS = {"ce_weight": 0.0, "focal_weight": 0.0, "train_on": "disagreement"}
 
 
 @dataclass
@@ -83,12 +91,12 @@ class TrainConfig:
     objective: str | None = None        # train: token | choice | sequence (None: the task kind's default)
     mask: str | None = None             # None: the objective's default (objectives.DEFAULT_MASK)
     temperature: float = 2.0
-    ce_weight: float = 0.0
+    ce_weight: float | None = None      # None: DEFAULTS, or NEW_BEATS_OLD_DEFAULTS (choice; after validation)
     old_target: str | None = None       # choice: where the mask says "old", M1 or the M1/M2 ensemble
     new_target: str = "m2"              # choice: where the mask says "new", M2 or the ensemble
     ensemble_weight: float = 0.7        # M1's share in the ensemble
-    focal_weight: float = 0.0           # choice/sequence: extra weight on instances M1 gets right
-    train_on: str = "disagreement"      # choice: instances with something to teach (+ anchors), or "all"
+    focal_weight: float | None = None   # choice/sequence: extra weight on instances M1 gets right
+    train_on: str | None = None         # choice: instances with something to teach (+ anchors), or "all"
     every_choice: bool = False          # token on multiple choice: distil on every choice's text, not the gold's only
     acc_tolerance: float = 0.005        # selection: accuracy (score) may drop this much below epoch 0's
     select: Literal["nfr", "loss"] | None = None   # default: nfr for train, loss for finetune
@@ -196,13 +204,19 @@ class Recipe:
         self.train_inst, self.val_inst = split_train_val(instances, config.seed, config.val_rows)
 
         # The teachers' predictions come first (from the result cache, or by loading each teacher alone
-        # and freeing it), so no teacher is ever resident beside the student.
+        # and freeing it), so no teacher is ever resident beside the student. Validation's come before
+        # the train split's: A2's accuracy there against A1's decides the defaults preflight left open.
+        self.old_val = self._teacher_predictions("old", self.val_inst) if config.mode == "train" else None
+        self.new_val = (self._teacher_predictions("new", self.val_inst)
+                        if config.objective in ("choice", "sequence") else None)
+        self.val_before = self._a2_val_metrics() if self.new_val is not None else None
+        self.config, self.new_beats_old = defaults_after_validation(config, self.val_before)
+        config = self.config
         self.teachers = self._teacher_signals()
-        self.old_val = self._old_val_predictions()
         self.model, self.tokenizer, self.base, self.starts = _student(config, self.device_name)
         self.interpolation = None   # the start's Interpolation once chosen (validate_start); None: A2
         # A2 on validation: the accuracy floor of the selection, and a candidate when epoch 0 is not A2.
-        self.a2_val = self._a2_val_metrics() if self.starts is not None else None
+        self.a2_val = (self.val_before or self._a2_val_metrics()) if self.starts is not None else None
         self.pad_id = pad_token_id(self.tokenizer)
         self.objective = self._objective()
         train_items = self.objective.items(self.train_inst, train=True) if config.epochs else []
@@ -232,23 +246,18 @@ class Recipe:
             self.interpolation = self.starts.report(alpha) if alpha is not None else None
 
     def _teacher_signals(self):
-        """choice / sequence: both teachers' gate predictions on the whole train file, by instance id."""
-        if self.config.mode == "finetune" or self.config.objective not in ("choice", "sequence"):
+        """choice / sequence: both teachers' gate predictions on validation and, when the run trains,
+        the train split, by instance id."""
+        if self.new_val is None:
             return None
-        # --epochs 0 trains nothing: only validation needs the teachers
-        everything = (self.train_inst if self.config.epochs else []) + self.val_inst
-        return {"old": self._teacher_predictions("old", everything), "new": self._teacher_predictions("new", everything)}
-
-    def _old_val_predictions(self):
-        """M1's predictions on the validation split (the gate's, cached): what NFR is measured against."""
-        if self.config.mode == "finetune":
-            return None
-        if self.teachers is not None:
-            return {inst.id: self.teachers["old"][inst.id] for inst in self.val_inst}
-        return self._teacher_predictions("old", self.val_inst)
+        if not self.config.epochs:   # --epochs 0 trains nothing: only validation needs the teachers
+            return {"old": self.old_val, "new": self.new_val}
+        return {"old": self.old_val | self._teacher_predictions("old", self.train_inst),
+                "new": self.new_val | self._teacher_predictions("new", self.train_inst)}
 
     def _a2_val_metrics(self) -> dict[str, Any]:
-        new = self.teachers["new"] if self.teachers is not None else self._teacher_predictions("new", self.val_inst)
+        """A2 against M1 on validation, from the gate's (cached) predictions of both."""
+        new = self.new_val if self.new_val is not None else self._teacher_predictions("new", self.val_inst)
         return _prediction_metrics(self.task, [self.old_val[inst.id] for inst in self.val_inst],
                                    [new[inst.id] for inst in self.val_inst])
 
@@ -429,6 +438,10 @@ class Recipe:
             "epochs": self.history.epochs,
             "start": asdict(self.interpolation) if self.interpolation is not None else "A2",
             "a2_val": self.a2_val,
+            # the validation accuracies that chose the defaults (NEW_BEATS_OLD_DEFAULTS or DEFAULTS)
+            "new_beats_old": self.new_beats_old,
+            "val_acc": ({"old": self.val_before.get("acc_old"), "new": self.val_before.get("acc")}
+                        if self.val_before is not None else None),
             "chosen_epoch": chosen,
             "kept": "A2" if keeps_a2 else f"epoch {chosen}",
             "selection": config.selection(),
@@ -475,7 +488,7 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--objective {config.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
     if config.mask is not None and config.mask not in MASKS:
         raise CompatInputError(f"--mask {config.mask!r} is unknown; choose one of {', '.join(MASKS)}")
-    if config.train_on not in ("disagreement", "all"):
+    if config.train_on not in (None, "disagreement", "all"):
         raise CompatInputError(f"--train-on {config.train_on!r} is unknown; choose disagreement or all")
     if config.new_target not in NEW_TARGETS:
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
@@ -496,7 +509,7 @@ def preflight(config: TrainConfig):
     if config.add_modules and config.interpolate:
         raise CompatInputError("--add-modules widens A2 as the start; --interpolate starts elsewhere: "
                                "pass one of them (--interpolate 0 with --add-modules)")
-    if config.focal_weight < 0 or config.acc_tolerance < 0:
+    if (config.focal_weight or 0.0) < 0 or config.acc_tolerance < 0:
         raise CompatInputError("--focal-weight and --acc-tolerance must be zero or positive")
     if config.temperature <= 0 or config.learning_rate() <= 0:
         raise CompatInputError("--temperature and --lr must be positive")
@@ -510,6 +523,10 @@ def preflight(config: TrainConfig):
     if config.task not in tasks:
         raise CompatInputError(f"task {config.task!r} is not in {config.suite}; choose one of {', '.join(tasks)}")
     task = resolve_task(tasks[config.task])
+    # Where every loss option is left out, the choice objective's loss waits for A2's validation
+    # accuracy against A1's (defaults_after_validation); a loss option given is the user's choice.
+    loss_given = any(getattr(config, k) is not None for k in ("mask", "old_target", "ce_weight", "focal_weight",
+                                                               "train_on"))
     if config.mode == "train":
         objective = config.objective or DEFAULT_OBJECTIVE[task.kind]
         config = dataclasses.replace(config, objective=objective, mask=config.mask or DEFAULT_MASK[objective],
@@ -522,9 +539,26 @@ def preflight(config: TrainConfig):
         if differs is not None:
             _check_across_families(config, differs)
             must_train = True
-    if config.epochs is None:
+    waits_for_validation = config.mode == "train" and config.objective == "choice" and not loss_given
+    if not waits_for_validation:
+        config = dataclasses.replace(config, **{k: v for k, v in DEFAULTS.items() if getattr(config, k) is None})
+    if config.epochs is None and (must_train or not waits_for_validation):
         config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else "train"])
     return config, task
+
+
+def defaults_after_validation(config: TrainConfig, val: dict[str, Any] | None) -> tuple[TrainConfig, bool]:
+    """(``config`` with the defaults preflight left open filled in, whether the new stack beats the old).
+
+    ``val``: A2 against M1 on validation. With the choice objective and no loss option given (preflight
+    left ``ce_weight`` open), where A2's accuracy exceeds A1's by more than ``acc_tolerance``, the
+    options left out take NEW_BEATS_OLD_DEFAULTS, elsewhere DEFAULTS (and an untrained interpolated
+    start). An explicit ``--epochs 0`` (keep an untrained start) learns nothing from labels, so it
+    keeps DEFAULTS."""
+    beats = (config.objective == "choice" and config.ce_weight is None and config.epochs != 0 and val is not None
+             and val["acc"] - val["acc_old"] > config.acc_tolerance + 1e-12)
+    values = NEW_BEATS_OLD_DEFAULTS if beats else {**DEFAULTS, "epochs": DEFAULT_EPOCHS["train"]}
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if getattr(config, k) is None}), beats
 
 
 def _check_across_families(config: TrainConfig, differs: str) -> None:

@@ -211,8 +211,11 @@ def test_across_architectures_the_default_distils_and_epochs_0_is_refused_before
                                      base=str(base_v2), **options)
         return trainer.preflight(config)[0]
 
-    # one architecture: the grid of starts, untrained; another family: no start but A2, so it distils
-    assert preflight((tiny_adapter, tiny_base)).epochs == 0
+    # one architecture: the grid of starts, untrained (unless A2 beats A1 on validation, which decides
+    # the choice objective's epochs when no loss option is given); another family: no start but A2,
+    # so it distils
+    assert preflight((tiny_adapter, tiny_base), mask="old-correct").epochs == 0
+    assert preflight((tiny_adapter, tiny_base)).epochs is None
     assert preflight((a1_other, other_base)).epochs == trainer.DEFAULT_EPOCHS["finetune"]
     with pytest.raises(CompatInputError, match="differ in architecture .*pass --epochs N to distil"):
         preflight((a1_other, other_base), epochs=0)

@@ -1,5 +1,5 @@
 """The choice and sequence objectives' losses, masks and target rules against hand computations,
-and epoch selection on hand-written histories."""
+epoch selection on hand-written histories, and the defaults validation decides."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from muscle.losses.choice import choice_loss, instance_mask
 from muscle.losses.sequence import focal_weights, pick_targets, sequence_loss, target_texts
 from muscle.losses.targets import select_targets
 from muscle.losses.token import kl_to_student
-from muscle.trainer import choose_epoch
+from muscle.trainer import (
+    DEFAULTS,
+    NEW_BEATS_OLD_DEFAULTS,
+    TrainConfig,
+    choose_epoch,
+    defaults_after_validation,
+)
 
 LN3 = math.log(3)
 
@@ -129,7 +135,8 @@ def test_sequence_objective_runs_the_lm_head_on_target_positions_only(tiny_base,
     insts = [Instance(id=str(i), context=c, choices=None, gold="the mat", doc={}) for i, c in enumerate(["The cat sat on", "A"])]
     teachers = {side: {i.id: Prediction(pred=" the mat", correct=None, score=0.5, text=" the mat") for i in insts}
                 for side in ("old", "new")}
-    config = TrainConfig(mode="train", suite="s", task="t", output="o", objective="sequence", mask="paper")
+    config = TrainConfig(mode="train", suite="s", task="t", output="o", objective="sequence", mask="paper",
+                         ce_weight=0.0, focal_weight=0.0)   # as preflight resolves them
     objective = SequenceObjective(config, task, tokenizer, 0, teachers, "cpu")
     batch = objective.collate(objective.items(insts))
     head_rows = []
@@ -167,3 +174,36 @@ def test_choice_ensemble_target_everywhere():
                               ensemble_weight=0.7, temperature=1.0)
     assert loss.item() == pytest.approx(kl([0.6, 0.4], [0.5, 0.5]))
     assert stats["mask_old"] == 1.0
+
+
+def _left_open(**given):
+    """A `muscle train` config as preflight leaves it for the choice objective with no loss option given."""
+    return TrainConfig(mode="train", suite="s.yaml", task="t", output="out", objective="choice", mask="old-correct",
+                       old_target="m1", **given)
+
+
+def test_defaults_after_validation_follow_a2_against_a1():
+    # A2 20 pt above A1 on validation: start at A2, focal cross-entropy on the gold labels.
+    config, beats = defaults_after_validation(_left_open(), {"acc": 0.80, "acc_old": 0.60})
+    assert beats
+    assert {k: getattr(config, k) for k in NEW_BEATS_OLD_DEFAULTS} == NEW_BEATS_OLD_DEFAULTS
+    # One instance of 200 above A1 is within the 0.5 pt tolerance: distillation, untrained start grid.
+    config, beats = defaults_after_validation(_left_open(), {"acc": 0.635, "acc_old": 0.630})
+    assert not beats
+    assert {k: getattr(config, k) for k in DEFAULTS} == DEFAULTS
+    assert config.epochs == 0 and config.interpolate is None
+    # A1 better: the same.
+    assert not defaults_after_validation(_left_open(), {"acc": 0.60, "acc_old": 0.80})[1]
+
+
+def test_defaults_after_validation_keep_what_the_user_gave():
+    better = {"acc": 0.80, "acc_old": 0.60}
+    config, beats = defaults_after_validation(_left_open(epochs=4, interpolate=0.5), better)
+    assert beats and (config.epochs, config.interpolate, config.ce_weight) == (4, 0.5, 1.0)
+    # --epochs 0 asks for an untrained start: nothing learns from the labels.
+    config, beats = defaults_after_validation(_left_open(epochs=0), better)
+    assert not beats and config.ce_weight == 0.0 and config.interpolate is None
+    # A loss option given: preflight resolved the loss, validation does not change it.
+    config, beats = defaults_after_validation(_left_open(ce_weight=0.5, focal_weight=0.0, train_on="disagreement"),
+                                              better)
+    assert not beats and (config.ce_weight, config.train_on, config.epochs) == (0.5, "disagreement", 0)
