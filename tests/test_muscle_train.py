@@ -181,6 +181,32 @@ def test_output_is_a_peft_adapter_for_the_new_base(task_dir, adapters, tiny_base
     assert not trainer.work_dir(out).exists()
 
 
+def test_validation_decides_the_choice_defaults(task_dir, adapters, tiny_base, tmp_path):
+    # No loss option given: A2's validation accuracy against A1's decides (trainer.defaults_after_validation).
+    from tests import tiny
+
+    _, a2 = adapters
+    weak_a1 = tiny.build_adapter(tmp_path / "weak_a1", tiny_base, seed=11)   # a random LoRA: far below A2
+
+    def run(out, *extra):
+        argv = ["train", "--suite", str(task_dir / "suite_train.yaml"), "--task", "pick", "--old-adapter",
+                str(weak_a1), "--new-adapter", str(a2), "--output", str(out), "--batch-size", "8", "--device", "cpu",
+                "--no-cache", *extra]
+        assert cli.main(argv) == 0
+        return _record(out)
+
+    better = run(tmp_path / "better")
+    assert better["val_acc"]["new"] > better["val_acc"]["old"] + 0.005 and better["new_beats_old"]
+    config = better["config"]
+    assert {k: config[k] for k in trainer.NEW_BEATS_OLD_DEFAULTS} == trainer.NEW_BEATS_OLD_DEFAULTS
+    assert better["start"] == "A2" and [h["epoch"] for h in better["epochs"]] == [0, 1, 2]
+    # The same stacks with a tolerance no accuracy gap exceeds: the untrained start grid.
+    level = run(tmp_path / "level", "--acc-tolerance", "1")
+    assert not level["new_beats_old"] and level["config"]["epochs"] == 0
+    assert {k: level["config"][k] for k in trainer.DEFAULTS} == trainer.DEFAULTS
+    assert [t["alpha"] for t in level["epochs"][0]["starts"]] == [0.25, 0.5, 0.75]
+
+
 def test_precomputed_full_vocab_teachers_match_resident(task_dir, adapters, tmp_path):
     a1, a2 = adapters
     runs = {}
