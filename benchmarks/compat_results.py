@@ -459,7 +459,11 @@ def render_markdown(results: dict, name: str = "compat") -> str:
              "its own options (column *options*); the default row passes none. Metrics on the task's eval split "
              "(never trained on). *start*: where training starts (A2, or θ_α: the two stacks' weights interpolated, "
              "muscle/interpolation.py); *kept*: what selection kept on the validation part of the train file "
-             "(column *recipe*: 20 % unless --val-rows; A2, the start = epoch 0, or a trained epoch).", ""]
+             "(column *recipe*: 20 % unless --val-rows; A2, the start = epoch 0, or a trained epoch). "
+             "Train rows: the task's `train:` file; `sst2-better`'s compatibility rows train on "
+             f"{SST2_UNSEEN_ROWS:,} GLUE SST-2 train rows neither adapter saw (the script's docstring). "
+             "Column *mask*: the mask, or *gold CE* where the loss is cross-entropy on the gold choice alone "
+             "(`--ce-weight 1`), with the focal weight of the instances M1 gets right.", ""]
     for entry in results["tasks"]:
         n = entry["rows"][0]["n"]
         lines += [f"## update `{entry['update']}` · {entry['task']} ({entry['kind']}, n = {n})", ""]
@@ -516,6 +520,7 @@ def main(argv: list[str] | None = None) -> None:
              "piqa_text_ce_a2": "piqa-text's A2 + muscle train " + " ".join(CHOICE_CE_A2_OPTIONS),
              "adapter_recipe": list(demo.PIQA_ADAPTER_RECIPE),
              "sst2_a1_recipe": SST2_A1_RECIPE, "sst2_a2_recipe": SST2_A2_RECIPE, "gsm8k_recipe": GSM8K_RECIPE,
+             "sst2_better_train": f"{SST2_UNSEEN_ROWS} GLUE SST-2 train rows no adapter saw (sst2_unseen_suite)",
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:

@@ -10,8 +10,9 @@ Read it top to bottom, as torchtune's recipes: :func:`train` is the whole run,
 - finetune: base + fresh LoRA, CE on the gold continuation tokens.
 - train: student = new base + a trainable LoRA that starts at θ_α, the two stacks' weights
   interpolated (muscle/interpolation.py), α chosen on validation among DEFAULT_ALPHAS by the selection
-  rule, or at A2 itself (MUSCLE's start: --interpolate 0, another base family, or no θ_α beats A2 on
-  validation). What it learns from is the
+  rule, or at A2 itself (MUSCLE's start: --interpolate 0, another base family, no θ_α beats A2 on
+  validation, or — multiple choice, no loss option given — A2 beats A1 on validation, where the
+  default learns from the gold labels instead: :func:`defaults_after_validation`). What it learns from is the
   objective (muscle/objectives.py): ``token`` (teachers' logits: M1 resident on its own base or
   precomputed to disk, M2 as a second frozen adapter on the student's base), ``choice`` and
   ``sequence`` (the gate's cached predictions of M1 and M2 on the train split; no teacher resident).
