@@ -167,8 +167,7 @@ SST2_UNSEEN_ROWS = 6000
 def sst2_unseen_suite() -> Path:
     """The SST-2 suite with ``train:`` = ``SST2_UNSEEN_ROWS`` rows no adapter trained on (written once
     under ``WORK``, from ``$MODELCOMPAT_SST2``; the eval split stays the shipped dev file)."""
-    import csv
-    import random
+    import importlib.util
 
     import yaml
 
@@ -176,18 +175,17 @@ def sst2_unseen_suite() -> Path:
     suite, rows_file = work / "compat_sst2_unseen.yaml", work / "sst2_unseen_train.jsonl"
     if suite.is_file():
         return suite
+    # the shipped files' reader and seeded sampler (scripts/ is not a package)
+    spec = importlib.util.spec_from_file_location("prepare_data", demo.REPO / "scripts" / "prepare_data.py")
+    prepare_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare_data)
     shipped = demo.SUITE_DIR / "sst2" / "compat_sst2.yaml"
-    spec = yaml.safe_load(shipped.read_text())
-    (task,) = spec["tasks"]
+    (task,) = yaml.safe_load(shipped.read_text())["tasks"]
     used = {json.loads(line)["idx"] for line in (shipped.parent / task["train"]).read_text().splitlines()}
-    source = Path(demo.demo_env()["MODELCOMPAT_SST2"]) / "train.tsv"
-    with open(source, encoding="utf-8", newline="") as fh:   # idx = row number, as scripts/prepare_data.py
-        rows = [{"idx": i, "sentence": r["sentence"].strip(), "label": int(r["label"])}
-                for i, r in enumerate(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))]
-    unseen = [r for r in rows if r["idx"] not in used]
-    picked = sorted(random.Random(0).sample(range(len(unseen)), SST2_UNSEEN_ROWS))
+    rows = prepare_data.sst2_rows(Path(demo.demo_env()["MODELCOMPAT_SST2"]) / "train.tsv")
+    picked = prepare_data.sample([r for r in rows if r["idx"] not in used], SST2_UNSEEN_ROWS)
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write(rows_file, "".join(json.dumps(unseen[i]) + "\n" for i in picked))
+    atomic_write(rows_file, "".join(json.dumps(row) + "\n" for row in picked))
     task = dict(task, data=str((shipped.parent / task["data"]).resolve()), train=str(rows_file))
     atomic_write(suite, yaml.safe_dump({"tasks": [task]}, sort_keys=False))
     return suite

@@ -38,8 +38,9 @@ def piqa_rows(shared: Path, split: str) -> list[dict]:
     return [{"idx": i, **doc, "label": int(label)} for i, (doc, label) in enumerate(zip(docs, labels))]
 
 
-def sst2_rows(shared: Path, split: str) -> list[dict]:
-    with open(shared / "sst2" / f"{split}.tsv", encoding="utf-8", newline="") as fh:
+def sst2_rows(tsv: Path) -> list[dict]:
+    """SST-2 rows of one split's TSV (``sentence<TAB>label``), ``idx`` = the row number."""
+    with open(tsv, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         return [{"idx": i, "sentence": row["sentence"].strip(), "label": int(row["label"])}
                 for i, row in enumerate(reader)]
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     outputs = {
         "piqa_train.jsonl": sample(piqa_rows(args.shared_data, "train")[:8000], TRAIN_ROWS),
         "piqa_valid.jsonl": piqa_rows(args.shared_data, "valid"),
-        "sst2_train.jsonl": sample(sst2_rows(args.shared_data, "train"), TRAIN_ROWS),
-        "sst2_dev.jsonl": sst2_rows(args.shared_data, "dev"),
+        "sst2_train.jsonl": sample(sst2_rows(args.shared_data / "sst2" / "train.tsv"), TRAIN_ROWS),
+        "sst2_dev.jsonl": sst2_rows(args.shared_data / "sst2" / "dev.tsv"),
     }
     for name, rows in outputs.items():
         atomic_write(args.out / name, _jsonl(rows))
