@@ -102,11 +102,12 @@ def gemma_base() -> Path:
 
 
 def demo_env() -> dict[str, str]:
-    """The subprocesses' environment: offline, and SAMSum, GSM8K and SST-2 found in this checkout's shared data."""
+    """The subprocesses' environment: offline, and SAMSum, GSM8K, SST-2 and PIQA found in this checkout's shared data."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     env.setdefault("MODELCOMPAT_SAMSUM", str(REPO.parent / "shared" / "data" / "samsum"))
     env.setdefault("MODELCOMPAT_GSM8K", str(REPO.parent / "shared" / "data" / "gsm8k"))
     env.setdefault("MODELCOMPAT_SST2", str(REPO.parent / "shared" / "data" / "sst2"))
+    env.setdefault("MODELCOMPAT_PIQA", str(REPO.parent / "shared" / "data" / "piqa"))
     return env
 
 

@@ -495,10 +495,7 @@ def preflight(config: TrainConfig):
         raise CompatInputError(f"--new-target {config.new_target!r} is unknown; choose one of {', '.join(NEW_TARGETS)}")
     if config.old_target is not None and config.old_target not in OLD_TARGETS:
         raise CompatInputError(f"--old-target {config.old_target!r} is unknown; choose one of {', '.join(OLD_TARGETS)}")
-    # Untrained output needs a start that is not A2 and selection by NFR; otherwise epochs must run.
-    must_train = (config.mode == "finetune" or config.interpolate == 0.0 or bool(config.add_modules)
-                  or config.select == "loss")
-    if config.epochs is not None and (config.epochs < 0 or (config.epochs == 0 and must_train)):
+    if config.epochs is not None and (config.epochs < 0 or (config.epochs == 0 and _must_train(config))):
         raise CompatInputError("--epochs must be a positive integer (0 only for `muscle train` from an "
                                "interpolated start, selected by validation NFR: it keeps the start or A2)")
     for name in ("batch_size", "max_length", "rank", "top_k"):
@@ -539,13 +536,25 @@ def preflight(config: TrainConfig):
         differs = _check_stacks(config)
         if differs is not None:
             _check_across_families(config, differs)
-            must_train = True
+            config = dataclasses.replace(config, interpolate=0.0)   # another family: the start is A2
     waits_for_validation = config.mode == "train" and config.objective == "choice" and not loss_given
     if not waits_for_validation:
         config = dataclasses.replace(config, **{k: v for k, v in DEFAULTS.items() if getattr(config, k) is None})
-    if config.epochs is None and (must_train or not waits_for_validation):
-        config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS["finetune" if must_train else "train"])
+        if config.epochs is None:
+            config = dataclasses.replace(config, epochs=_default_epochs(config))
     return config, task
+
+
+def _must_train(config: TrainConfig) -> bool:
+    """Whether untrained output would be the start itself: finetune, a start at A2 (--interpolate 0,
+    --add-modules, another base family) or selection by loss. Untrained output needs a start that is
+    not A2 and selection by NFR; otherwise epochs must run."""
+    return (config.mode == "finetune" or config.interpolate == 0.0 or bool(config.add_modules)
+            or config.select == "loss")
+
+
+def _default_epochs(config: TrainConfig) -> int:
+    return DEFAULT_EPOCHS["finetune" if _must_train(config) else "train"]
 
 
 def defaults_after_validation(config: TrainConfig, val: dict[str, Any] | None) -> tuple[TrainConfig, bool]:
@@ -558,7 +567,7 @@ def defaults_after_validation(config: TrainConfig, val: dict[str, Any] | None) -
     keeps DEFAULTS."""
     beats = (config.objective == "choice" and config.ce_weight is None and config.epochs != 0 and val is not None
              and val["acc"] - val["acc_old"] > config.acc_tolerance + 1e-12)
-    values = NEW_BEATS_OLD_DEFAULTS if beats else {**DEFAULTS, "epochs": DEFAULT_EPOCHS["train"]}
+    values = NEW_BEATS_OLD_DEFAULTS if beats else {**DEFAULTS, "epochs": _default_epochs(config)}
     return dataclasses.replace(config, **{k: v for k, v in values.items() if getattr(config, k) is None}), beats
 
 

@@ -28,11 +28,12 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def piqa_rows(shared: Path, split: str) -> list[dict]:
-    """PIQA rows with ``label`` (0 = sol1, 1 = sol2) from the aligned ``*-labels.lst`` file."""
-    with open(shared / "piqa" / f"{split}.jsonl", encoding="utf-8") as fh:
+def piqa_rows(piqa: Path, split: str) -> list[dict]:
+    """PIQA rows of one split (in the ``piqa`` data dir) with ``label`` (0 = sol1, 1 = sol2) from the
+    aligned ``*-labels.lst`` file."""
+    with open(piqa / f"{split}.jsonl", encoding="utf-8") as fh:
         docs = [json.loads(line) for line in fh]
-    labels = (shared / "piqa" / f"{split}-labels.lst").read_text().split()
+    labels = (piqa / f"{split}-labels.lst").read_text().split()
     if len(docs) != len(labels):
         raise SystemExit(f"piqa/{split}: {len(docs)} rows but {len(labels)} labels")
     return [{"idx": i, **doc, "label": int(label)} for i, (doc, label) in enumerate(zip(docs, labels))]
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # PIQA train rows 0..7999 are reserved for the task adapters; build_base_v2.py uses the rest.
     outputs = {
-        "piqa_train.jsonl": sample(piqa_rows(args.shared_data, "train")[:8000], TRAIN_ROWS),
-        "piqa_valid.jsonl": piqa_rows(args.shared_data, "valid"),
+        "piqa_train.jsonl": sample(piqa_rows(args.shared_data / "piqa", "train")[:8000], TRAIN_ROWS),
+        "piqa_valid.jsonl": piqa_rows(args.shared_data / "piqa", "valid"),
         "sst2_train.jsonl": sample(sst2_rows(args.shared_data / "sst2" / "train.tsv"), TRAIN_ROWS),
         "sst2_dev.jsonl": sst2_rows(args.shared_data / "sst2" / "dev.tsv"),
     }
