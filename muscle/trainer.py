@@ -54,7 +54,7 @@ _NOT_IDENTITY = ("resume", "output")
 DEFAULT_LR = {"finetune": 2e-4, "train": 1e-3}
 # Epochs per mode. train: 0, the interpolated start kept untrained (or A2, by validation): trained on
 # from there, every measured run added flips on unseen rows (docs/muscle.md, "Defaults").
-# From A2 itself (--interpolate 0, --add-modules) or with --select loss, train runs finetune's count.
+# Where untrained output would be A2 itself (_must_train), train runs finetune's count.
 DEFAULT_EPOCHS = {"finetune": 3, "train": 0}
 # The choice objective's defaults where the new stack is clearly better than the old on validation
 # (accuracy above A1's by more than --acc-tolerance). There every mix of the two stacks costs accuracy
