@@ -4,8 +4,10 @@
 
 For each update (old stack A1 on base v1, new stack A2 on base v2; see muscle/demo.py) and task, one
 row for A2 itself (``"objective": null``) and one per compatibility variant, each trained by the
-real ``muscle train`` (a subprocess, ``--resume``: an interrupted benchmark continues) on the task's
-``train:`` file and scored by the gate's own code (``evaluate.evaluate_task``, result cache: A1 is
+real ``muscle train`` (a subprocess, ``--resume``: an interrupted benchmark continues) on the
+update's ``train_suite`` where it has one (train rows no adapter saw: on the rows A2 was trained on
+it is right far more often than on new input, so validation there favours A2 and the flips a
+student learns from are not the ones it makes), else on the task's ``train:`` file, and scored by the gate's own code (``evaluate.evaluate_task``, result cache: A1 is
 scored once) on the task's eval split, which training never sees. The row of the default recipe
 (``muscle train`` with no --objective / --mask) carries ``"default": true``: the targets are judged
 on that row only, never on the best of several.
@@ -40,11 +42,14 @@ Updates:
   ``example_suite/artifacts/piqa_a2_gemma3``, the shipped adapter recipe on it
   (``scripts/train_adapters.py --gemma``). No interpolated start exists across families: the default
   `muscle train` trains from A2 (validation decides how: ``muscle.trainer.defaults_after_validation``).
-  Its compatibility rows train on PIQA train rows no adapter saw (``piqa_unseen_suite``, read from
-  ``$MODELCOMPAT_PIQA``, default ../shared/data/piqa), as sst2-better's do; run with ``--train-rows 3000 --val-rows 1000``.
   Its rows go to ``compat_cross_tokenizer.{json,md}``.
 - ``gemma-samsum``: the same change of family on SAMSum: A1 = samsum's, A2 trained on Gemma-3-270M
   here with ``SAMSUM_RECIPE``; rows in ``compat_cross_tokenizer.{json,md}``.
+
+Every PIQA update (shipped, retrained, piqa-text, piqa-text-ce, gemma) trains its compatibility rows
+on PIQA train rows no adapter saw (``piqa_unseen_suite``, read from ``$MODELCOMPAT_PIQA``, default
+../shared/data/piqa), as sst2-better's do; run with ``--train-rows 3000 --val-rows 1000``. Rows
+measured before that (on the shipped train file) say so: their recipe does not say *unseen*.
 
 Writes ``benchmarks/results/compat.json`` (rows merged by (update, task, new): re-running one
 variant replaces only its row) and ``compat.md`` after every row, so partial results land; the
@@ -165,9 +170,9 @@ CHOICE_CE_A2_OPTIONS = ["--interpolate", "0", "--objective", "choice", "--ce-wei
 # than on new input, so the flips a student learns from there are not the ones it makes).
 # sst2-better: GLUE SST-2 train rows, sized for ~10 min per epoch of the choice objective on 2 CPU cores.
 SST2_UNSEEN_ROWS = 6000
-# gemma: PIQA train rows 0..7999 (the block reserved for task adapters; build_base_v2.py uses the
-# rest), 2,000 to train on and 1,000 to validate (--val-rows 1000: the gap that decides the defaults
-# is then more than a couple of instances); Gemma-3-270M costs ~4x SmolLM2 per step.
+# PIQA (every PIQA update): train rows 0..7999 (the block reserved for task adapters;
+# build_base_v2.py uses the rest), 2,000 to train on and 1,000 to validate (--val-rows 1000: the gap
+# that decides the defaults is then more than a couple of instances; 0.5 pt of accuracy is 5 rows).
 PIQA_UNSEEN_ROWS = 3000
 
 
@@ -209,7 +214,7 @@ def sst2_unseen_suite() -> Path:
 
 
 def piqa_unseen_suite() -> Path:
-    return unseen_suite("gemma", demo.DEMO_SUITE,
+    return unseen_suite("piqa-unseen", demo.DEMO_SUITE,
                         lambda pd: pd.piqa_rows(Path(demo.demo_env()["MODELCOMPAT_PIQA"]), "train")[:8000],
                         PIQA_UNSEEN_ROWS)
 
@@ -218,7 +223,7 @@ def updates() -> dict[str, dict]:
     """update name → suite, task, A1, A2, the base-v2 delta, and what is built here: ``build`` maps
     "a1"/"a2" to `muscle finetune` recipes, ``delta_options`` builds the delta."""
     samsum_suite = demo.SUITE_DIR / "samsum" / "compat_samsum.yaml"
-    piqa = {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1}
+    piqa = {"suite": demo.DEMO_SUITE, "task": demo.DEMO_TASK, "a1": demo.ADAPTER_V1, "train_suite": piqa_unseen_suite}
     return {
         "shipped": {**piqa, "a2": demo.ADAPTER_V2, "delta": demo.BASE_V2_DELTA},
         # The shipped base update; A2 retrained with more data. v2 stays about level with v1.
@@ -248,7 +253,7 @@ def updates() -> dict[str, dict]:
                   "build": {"a1": GSM8K_RECIPE, "a2": GSM8K_RECIPE}},
         # Another base family and tokenizer: SmolLM2-135M-Instruct → Gemma-3-270M, A2 shipped.
         "gemma": {**piqa, "a2": demo.ARTIFACTS / "piqa_a2_gemma3", "new_base": demo.gemma_base,
-                  "base_v2": GEMMA_BASE_V2, "train_suite": piqa_unseen_suite,
+                  "base_v2": GEMMA_BASE_V2,
                   "results": "compat_cross_tokenizer", "mc_target": 0.7},
         # The same family change on SAMSum (generative): samsum's A1, A2 trained on Gemma-3-270M here
         # with samsum's recipe (CC BY-NC-ND: never shipped).
@@ -282,10 +287,10 @@ def ensure_bases(update: dict) -> tuple[Path, Path]:
     return demo.base_v1_dir(), demo.base_v2_dir(delta)
 
 
-def train_command(update: dict, new_adapter: Path, bases: tuple[Path, Path], out: Path, options: list[str]) -> list[str]:
-    """`muscle train` from the update's A1 (old stack) to ``new_adapter`` on base v2, into ``out``
-    (``--resume``: an interrupted benchmark continues), on the update's ``train_suite`` where it has one."""
-    suite = update["train_suite"]() if "train_suite" in update else update["suite"]
+def train_command(update: dict, suite: Path, new_adapter: Path, bases: tuple[Path, Path], out: Path,
+                  options: list[str]) -> list[str]:
+    """`muscle train` on ``suite`` from the update's A1 (old stack) to ``new_adapter`` on base v2, into
+    ``out`` (``--resume``: an interrupted benchmark continues)."""
     return [sys.executable, "-m", "muscle.cli", "train", "--suite", str(suite), "--task", update["task"],
             "--old-adapter", str(update["a1"]), "--old-base", str(bases[0]),
             "--new-adapter", str(new_adapter), "--new-base", str(bases[1]),
@@ -302,7 +307,8 @@ def ensure_adapters(update: dict, bases: tuple[Path, Path]) -> None:
         if not (start / "adapter_config.json").is_file():
             raise SystemExit(f"{start} is missing: run the update that builds it first")
         adapter.parent.mkdir(parents=True, exist_ok=True)
-        run(train_command(update, start, bases, adapter, options), adapter.with_suffix(".log"))
+        # tuning builds the update's A2: on its own train file, like every adapter
+        run(train_command(update, update["suite"], start, bases, adapter, options), adapter.with_suffix(".log"))
     for which, recipe in update.get("build", {}).items():
         adapter, base = update[which], bases[0 if which == "a1" else 1]
         if (adapter / "adapter_config.json").is_file():
@@ -318,7 +324,8 @@ def train_variant(update: dict, name: str, out: Path, bases: tuple[Path, Path], 
     if (out / "adapter_config.json").is_file():
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    return run(train_command(update, update["a2"], bases, out, variant_recipe(name, recipe)), out.with_suffix(".log"))
+    suite = update["train_suite"]() if "train_suite" in update else update["suite"]
+    return run(train_command(update, suite, update["a2"], bases, out, variant_recipe(name, recipe)), out.with_suffix(".log"))
 
 
 class Evaluator:
@@ -345,7 +352,10 @@ class Evaluator:
         return {"n": len(result.instances), **{k: result.metrics[k] for k in keys}}
 
 
-def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, recipe: list[str]) -> dict:
+def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, recipe: list[str],
+               train_rows: str) -> dict:
+    """One compatibility row; ``train_rows`` says where its train rows came from ("unseen": rows no
+    adapter saw, an update's ``train_suite``; "train file": the task's own)."""
     record = json.loads((adapter / "muscle_training.json").read_text())
     config = record["config"]
     chosen = (record["a2_val"] if record["chosen_epoch"] is None
@@ -357,7 +367,7 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
             "new_beats_old": record.get("new_beats_old"),
             "ce_weight": config.get("ce_weight"), "focal_weight": config.get("focal_weight"),
             "start": start if start == "A2" else f"θ_α, α = {start['alpha']} (captured {start['captured']:.4f})",
-            **metrics, "recipe": variant_recipe(name, recipe),
+            **metrics, "recipe": variant_recipe(name, recipe), "train_rows": train_rows,
             "train_s": round(train_s, 1) if train_s is not None else record.get("wall_s"),
             "step_time_s": record["step_time_s"], "peak_rss_mb": record.get("peak_rss_mb"),
             "epochs": record["config"]["epochs"], "n_train": record["task"]["n_train"],
@@ -424,7 +434,8 @@ def _recipe(row: dict) -> str:
     if "--epochs" not in recipe:
         epochs = f"{epochs} (default)"
     rows = recipe[recipe.index("--limit") + 1]
-    return f"{rows} rows ({row['n_train']} train / {row['n_val']} val), {epochs} ep"
+    source = "unseen " if row.get("train_rows") == "unseen" else ""   # rows recorded before the key: the train file
+    return f"{rows} {source}rows ({row['n_train']} train / {row['n_val']} val), {epochs} ep"
 
 
 def _start(row: dict) -> str:
@@ -481,9 +492,9 @@ def render_markdown(results: dict, name: str = "compat") -> str:
              "(never trained on). *start*: where training starts (A2, or θ_α: the two stacks' weights interpolated, "
              "muscle/interpolation.py); *kept*: what selection kept on the validation part of the train file "
              "(column *recipe*: 20 % unless --val-rows; A2, the start = epoch 0, or a trained epoch). "
-             "Train rows: the task's `train:` file; `sst2-better`'s compatibility rows train on "
-             f"{SST2_UNSEEN_ROWS:,} GLUE SST-2 train rows neither adapter saw, `gemma`'s on {PIQA_UNSEEN_ROWS:,} "
-             "PIQA train rows no adapter saw (the script's docstring). "
+             "Train rows (column *recipe*): the task's `train:` file, the rows the adapters were trained on, or "
+             f"*unseen*: rows no adapter saw ({SST2_UNSEEN_ROWS:,} GLUE SST-2 train rows for `sst2-better`, "
+             f"{PIQA_UNSEEN_ROWS:,} PIQA train rows for the PIQA updates; the script's docstring). "
              "Column *mask*: the mask, or *gold CE* where the loss is cross-entropy on the gold choice alone "
              "(`--ce-weight 1`), with the focal weight of the instances M1 gets right.", ""]
     for entry in results["tasks"]:
@@ -543,7 +554,8 @@ def main(argv: list[str] | None = None) -> None:
              "adapter_recipe": list(demo.PIQA_ADAPTER_RECIPE),
              "sst2_a1_recipe": SST2_A1_RECIPE, "sst2_a2_recipe": SST2_A2_RECIPE, "gsm8k_recipe": GSM8K_RECIPE,
              "sst2_better_train": f"{SST2_UNSEEN_ROWS} GLUE SST-2 train rows no adapter saw (sst2_unseen_suite)",
-             "gemma_train": f"{PIQA_UNSEEN_ROWS} PIQA train rows no adapter saw (piqa_unseen_suite)",
+             "piqa_train": f"{PIQA_UNSEEN_ROWS} PIQA train rows no adapter saw (piqa_unseen_suite; "
+                           "rows marked unseen)",
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
@@ -566,7 +578,8 @@ def main(argv: list[str] | None = None) -> None:
             out = WORK / update_name / update["task"] / name
             train_s = train_variant(update, name, out, bases, recipe)
             results = store_row(setup, update_name, evaluator.task,
-                                compat_row(name, out, evaluator.metrics(out), train_s, recipe), results_name,
+                                compat_row(name, out, evaluator.metrics(out), train_s, recipe,
+                                           "unseen" if "train_suite" in update else "train file"), results_name,
                                 mc_factor)
             print(render_markdown(results, results_name), flush=True)
 
