@@ -356,8 +356,7 @@ class Recipe:
             val = next(t["val"] for t in tried if t["alpha"] == alpha)
             if self.main:
                 with atomic_directory(self.work / "start") as tmp:
-                    self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "adapter",
-                                                                              selected_adapters=[STUDENT])
+                    _save_student(self.accelerator.unwrap_model(self.model), tmp / "adapter")
         return {"val": val, "alpha": alpha, "starts": tried}
 
     # ------------------------------------------------------------------------------- one epoch
@@ -809,6 +808,13 @@ def _copy_adapter_files(adapter: Path, out: Path) -> None:
             shutil.copy2(adapter / name, out / name)
 
 
+def _save_student(model, path: Path) -> None:
+    """The student adapter alone, as PEFT writes it. The vocabulary never changes here, so PEFT is told
+    not to check for a resized embedding: its check looks for the base's config.json by path (a GGUF
+    base has none there) and would warn, or ask the Hub."""
+    model.save_pretrained(path, selected_adapters=[STUDENT], save_embedding_layers=False)
+
+
 def _adapter_checkpointing(accelerator) -> None:
     """Checkpoint only the student adapter (safetensors), not the frozen base weights."""
     from peft import set_peft_model_state_dict
@@ -816,8 +822,7 @@ def _adapter_checkpointing(accelerator) -> None:
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            accelerator.unwrap_model(models[0]).save_pretrained(Path(output_dir) / "adapter",
-                                                                selected_adapters=[STUDENT])
+            _save_student(accelerator.unwrap_model(models[0]), Path(output_dir) / "adapter")
         weights.clear()
 
     def load_hook(models, input_dir):

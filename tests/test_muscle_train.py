@@ -383,6 +383,24 @@ def test_output_is_quiet_no_third_party_bars_or_warnings(task_dir, tiny_base, tm
         assert chatter not in out + err, chatter
 
 
+def test_saving_the_student_on_a_gguf_base_is_quiet(tiny_base, tmp_path, monkeypatch):
+    # A GGUF base's recorded path is a file, not a dir with config.json: PEFT's resized-vocabulary
+    # check would warn there (or, online, ask the Hub for that path).
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.peft_config[trainer.STUDENT].base_model_name_or_path = str(tmp_path / "base" / "model.gguf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer._save_student(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_training_record_has_no_machine_paths(task_dir, tiny_base, tmp_path):
     # The record ships with the adapter: local paths relative to the suite's directory, no absolute ones.
     out = tmp_path / "a"
