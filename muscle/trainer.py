@@ -212,6 +212,9 @@ class Recipe:
                         if config.objective in ("choice", "sequence") else None)
         self.val_before = self._a2_val_metrics() if self.new_val is not None else None
         self.config, self.new_beats_old = defaults_after_validation(config, self.val_before)
+        if _left_to_validation(config, self.val_before) and self.main:
+            self.progress.console.print(defaults_line(self.config, self.val_before, self.new_beats_old,
+                                                      len(self.val_inst)), soft_wrap=True, markup=False)
         config = self.config
         self.teachers = self._teacher_signals()
         self.model, self.tokenizer, self.base, self.starts = _student(config, self.device_name)
@@ -564,10 +567,26 @@ def defaults_after_validation(config: TrainConfig, val: dict[str, Any] | None) -
     options left out take NEW_BEATS_OLD_DEFAULTS, elsewhere DEFAULTS (and an untrained interpolated
     start). An explicit ``--epochs 0`` (keep an untrained start) learns nothing from labels, so it
     keeps DEFAULTS."""
-    beats = (config.objective == "choice" and config.ce_weight is None and config.epochs != 0 and val is not None
+    beats = (_left_to_validation(config, val) and config.epochs != 0
              and val["acc"] - val["acc_old"] > config.acc_tolerance + 1e-12)
     values = NEW_BEATS_OLD_DEFAULTS if beats else {**DEFAULTS, "epochs": _default_epochs(config)}
     return dataclasses.replace(config, **{k: v for k, v in values.items() if getattr(config, k) is None}), beats
+
+
+def _left_to_validation(config: TrainConfig, val: dict[str, Any] | None) -> bool:
+    """Whether the choice objective's loss was left open (no loss option given) and validation can decide."""
+    return config.objective == "choice" and config.ce_weight is None and val is not None
+
+
+def defaults_line(config: TrainConfig, val: dict[str, Any], beats: bool, n_val: int) -> str:
+    """One console line: what validation decided where the options were left to it."""
+    gap = f"validation ({n_val} rows): A2 {val['acc']:.3f}, A1 {val['acc_old']:.3f}"
+    if beats:
+        return (f"{gap}: A2 beats A1 by more than --acc-tolerance, so {config.epochs} epochs of cross-entropy on "
+                f"the gold choice from A2, instances A1 gets right weighing {1 + config.focal_weight:g}")
+    what = (f"{config.epochs} epochs of distillation (mask {config.mask})" if config.epochs
+            else "the interpolated starts untrained, validation keeps one or A2")
+    return f"{gap}: A2 not above A1 by more than --acc-tolerance, so {what}"
 
 
 def _check_across_families(config: TrainConfig, differs: str) -> None:

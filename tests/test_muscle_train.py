@@ -181,7 +181,7 @@ def test_output_is_a_peft_adapter_for_the_new_base(task_dir, adapters, tiny_base
     assert not trainer.work_dir(out).exists()
 
 
-def test_validation_decides_the_choice_defaults(task_dir, adapters, tiny_base, tmp_path):
+def test_validation_decides_the_choice_defaults(task_dir, adapters, tiny_base, tmp_path, capsys):
     # No loss option given: A2's validation accuracy against A1's decides (trainer.defaults_after_validation).
     from tests import tiny
 
@@ -197,12 +197,14 @@ def test_validation_decides_the_choice_defaults(task_dir, adapters, tiny_base, t
 
     better = run(tmp_path / "better")
     assert better["val_acc"]["new"] > better["val_acc"]["old"] + 0.005 and better["new_beats_old"]
+    assert "A2 beats A1 by more than --acc-tolerance, so 2 epochs of cross-entropy" in capsys.readouterr().out
     config = better["config"]
     assert {k: config[k] for k in trainer.NEW_BEATS_OLD_DEFAULTS} == trainer.NEW_BEATS_OLD_DEFAULTS
     assert better["start"] == "A2" and [h["epoch"] for h in better["epochs"]] == [0, 1, 2]
     # The same stacks with a tolerance no accuracy gap exceeds: the untrained start grid.
     level = run(tmp_path / "level", "--acc-tolerance", "1")
     assert not level["new_beats_old"] and level["config"]["epochs"] == 0
+    assert "A2 not above A1 by more than --acc-tolerance, so the interpolated starts untrained" in capsys.readouterr().out
     assert {k: level["config"][k] for k in trainer.DEFAULTS} == trainer.DEFAULTS
     assert [t["alpha"] for t in level["epochs"][0]["starts"]] == [0.25, 0.5, 0.75]
 
