@@ -33,7 +33,9 @@ Updates:
   often than on new inputs, so the flips a student learns from there are not the ones it makes.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
   ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
-  ``SAMSUM_RECIPE``; the default objective there is ``sequence``.
+  ``SAMSUM_RECIPE`` (the train file's first 600 rows); the default objective there is ``sequence``.
+  Its compatibility rows (and gemma-samsum's) train on 1,000 SAMSum train rows after those
+  (``samsum_unseen_suite``, written under the cache home, outside the repository).
 - ``gsm8k``: the shipped base update on GSM8K (exact match on the final answer; read from
   ``$MODELCOMPAT_GSM8K``, default ../shared/data/gsm8k): A1/A2 trained here with ``GSM8K_RECIPE``;
   the default objective there is ``sequence``. The issue asks for exact match to be reported.
@@ -68,7 +70,7 @@ import time
 from pathlib import Path
 
 from muscle import demo
-from pytest_modelcompat import atomic_write
+from pytest_modelcompat import atomic_write, cache_home
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -174,6 +176,9 @@ SST2_UNSEEN_ROWS = 6000
 # build_base_v2.py uses the rest), 2,000 to train on and 1,000 to validate (--val-rows 1000: the gap
 # that decides the defaults is then more than a couple of instances; 0.5 pt of accuracy is 5 rows).
 PIQA_UNSEEN_ROWS = 3000
+# SAMSum (samsum, gemma-samsum): 800 to train on and 200 to validate, the sizes of the rows before it;
+# generation costs ~3 s per instance and candidate here.
+SAMSUM_UNSEEN_ROWS = 1000
 
 
 def _prepare_data():
@@ -186,37 +191,62 @@ def _prepare_data():
     return prepare_data
 
 
-def unseen_suite(update: str, shipped: Path, source_rows, n: int) -> Path:
-    """``shipped`` with ``train:`` = ``n`` seeded rows of ``source_rows(prepare_data)`` (the task's full
-    train split) outside its shipped ``train:`` file; written once under ``WORK / update``, the eval
-    split stays the shipped one."""
+def unseen_suite(name: str, shipped: Path, pool, n: int, root: Path | None = None) -> Path:
+    """``shipped`` with ``train:`` = ``n`` seeded rows of ``pool(prepare_data)`` (the task's train rows no
+    adapter saw), written once under ``root / name``; the eval split stays the shipped one."""
     import yaml
 
     (task,) = yaml.safe_load(shipped.read_text())["tasks"]
-    work = WORK / update
+    work = (root or WORK) / name
     suite, rows_file = work / f"{shipped.stem}_unseen.yaml", work / f"{task['name']}_unseen_train.jsonl"
     if suite.is_file():
         return suite
-    prepare_data = _prepare_data()
-    used = {json.loads(line)["idx"] for line in (shipped.parent / task["train"]).read_text().splitlines()}
-    picked = prepare_data.sample([r for r in source_rows(prepare_data) if r["idx"] not in used], n)
+    picked = (prepare_data := _prepare_data()).sample(pool(prepare_data), n)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write(rows_file, "".join(json.dumps(row) + "\n" for row in picked))
-    task = dict(task, data=str((shipped.parent / task["data"]).resolve()), train=str(rows_file))
-    atomic_write(suite, yaml.safe_dump({"tasks": [task]}, sort_keys=False))
+    # a data path under ${MODELCOMPAT_...} resolves when the suite loads; a relative one, here
+    data = task["data"] if "${" in task["data"] else str((shipped.parent / task["data"]).resolve())
+    atomic_write(suite, yaml.safe_dump({"tasks": [dict(task, data=data, train=str(rows_file))]}, sort_keys=False))
     return suite
 
 
+def _outside_train_file(shipped: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` whose ``idx`` is not in ``shipped``'s ``train:`` file (the rows its adapters trained on)."""
+    import yaml
+
+    (task,) = yaml.safe_load(shipped.read_text())["tasks"]
+    used = {json.loads(line)["idx"] for line in (shipped.parent / task["train"]).read_text().splitlines()}
+    return [r for r in rows if r["idx"] not in used]
+
+
 def sst2_unseen_suite() -> Path:
-    return unseen_suite("sst2-better", demo.SUITE_DIR / "sst2" / "compat_sst2.yaml",
-                        lambda pd: pd.sst2_rows(Path(demo.demo_env()["MODELCOMPAT_SST2"]) / "train.tsv"),
+    shipped = demo.SUITE_DIR / "sst2" / "compat_sst2.yaml"
+    tsv = Path(demo.demo_env()["MODELCOMPAT_SST2"]) / "train.tsv"
+    return unseen_suite("sst2-better", shipped, lambda pd: _outside_train_file(shipped, pd.sst2_rows(tsv)),
                         SST2_UNSEEN_ROWS)
 
 
 def piqa_unseen_suite() -> Path:
+    piqa = Path(demo.demo_env()["MODELCOMPAT_PIQA"])
     return unseen_suite("piqa-unseen", demo.DEMO_SUITE,
-                        lambda pd: pd.piqa_rows(Path(demo.demo_env()["MODELCOMPAT_PIQA"]), "train")[:8000],
+                        lambda pd: _outside_train_file(demo.DEMO_SUITE, pd.piqa_rows(piqa, "train")[:8000]),
                         PIQA_UNSEEN_ROWS)
+
+
+def samsum_unseen_suite() -> Path:
+    """SAMSum train rows after the adapters' (SAMSUM_RECIPE's --limit: the file's first rows). SAMSum is
+    CC BY-NC-ND: the sample is written outside the repository, under the cache home."""
+    import csv
+
+    train_csv = Path(demo.demo_env()["MODELCOMPAT_SAMSUM"]) / "train.csv"
+    adapters_rows = int(SAMSUM_RECIPE[SAMSUM_RECIPE.index("--limit") + 1])
+
+    def pool(_prepare_data):
+        with open(train_csv, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))[adapters_rows:]
+
+    return unseen_suite("samsum-unseen", demo.SUITE_DIR / "samsum" / "compat_samsum.yaml", pool,
+                        SAMSUM_UNSEEN_ROWS, root=cache_home() / "benchmarks" / "compat")
 
 
 def updates() -> dict[str, dict]:
@@ -244,7 +274,7 @@ def updates() -> dict[str, dict]:
         # SAMSum (generative, ROUGE-1): adapters trained here (CC BY-NC-ND: never shipped), the
         # shipped base update.
         "samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
-                   "a2": WORK / "samsum" / "samsum_a2", "delta": demo.BASE_V2_DELTA,
+                   "a2": WORK / "samsum" / "samsum_a2", "delta": demo.BASE_V2_DELTA, "train_suite": samsum_unseen_suite,
                    "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE}},
         # GSM8K (exact match): adapters trained here, the shipped base update (whose delta was
         # continued-pretrained on GSM8K train solutions among other text).
@@ -259,6 +289,7 @@ def updates() -> dict[str, dict]:
         # with samsum's recipe (CC BY-NC-ND: never shipped).
         "gemma-samsum": {"suite": samsum_suite, "task": "samsum", "a1": WORK / "samsum" / "samsum_a1",
                          "a2": WORK / "gemma-samsum" / "samsum_a2_gemma3", "new_base": demo.gemma_base,
+                         "train_suite": samsum_unseen_suite,
                          "build": {"a1": SAMSUM_RECIPE, "a2": SAMSUM_RECIPE},
                          "base_v2": GEMMA_BASE_V2,
                          "results": "compat_cross_tokenizer"},
@@ -494,7 +525,8 @@ def render_markdown(results: dict, name: str = "compat") -> str:
              "(column *recipe*: 20 % unless --val-rows; A2, the start = epoch 0, or a trained epoch). "
              "Train rows (column *recipe*): the task's `train:` file, the rows the adapters were trained on, or "
              f"*unseen*: rows no adapter saw ({SST2_UNSEEN_ROWS:,} GLUE SST-2 train rows for `sst2-better`, "
-             f"{PIQA_UNSEEN_ROWS:,} PIQA train rows for the PIQA updates; the script's docstring). "
+             f"{PIQA_UNSEEN_ROWS:,} PIQA train rows for the PIQA updates, {SAMSUM_UNSEEN_ROWS:,} SAMSum train rows for "
+             "the SAMSum updates; the script's docstring). "
              "Column *mask*: the mask, or *gold CE* where the loss is cross-entropy on the gold choice alone "
              "(`--ce-weight 1`), with the focal weight of the instances M1 gets right.", ""]
     for entry in results["tasks"]:
@@ -556,6 +588,8 @@ def main(argv: list[str] | None = None) -> None:
              "sst2_better_train": f"{SST2_UNSEEN_ROWS} GLUE SST-2 train rows no adapter saw (sst2_unseen_suite)",
              "piqa_train": f"{PIQA_UNSEEN_ROWS} PIQA train rows no adapter saw (piqa_unseen_suite; "
                            "rows marked unseen)",
+             "samsum_train": f"{SAMSUM_UNSEEN_ROWS} SAMSum train rows no adapter saw (samsum_unseen_suite; "
+                             "rows marked unseen)",
              "eval": "the task's eval split (PIQA: all 1,838 validation rows)",
              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"}
     for update_name in args.update or ["shipped"]:
