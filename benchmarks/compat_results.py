@@ -32,7 +32,7 @@ Updates:
   ``$MODELCOMPAT_SST2``, default ../shared/data/sst2). On its own training rows A2 is right far more
   often than on new inputs, so the flips a student learns from there are not the ones it makes.
 - ``samsum``: the shipped base update on SAMSum (generative, ROUGE-1; read from
-  ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied): A1/A2 trained here with
+  ``$MODELCOMPAT_SAMSUM``, default ../shared/data/samsum, never copied into the repository): A1/A2 trained here with
   ``SAMSUM_RECIPE`` (the train file's first 600 rows); the default objective there is ``sequence``.
   Its compatibility rows (and gemma-samsum's) train on 1,000 SAMSum train rows after those
   (``samsum_unseen_suite``, written under the cache home, outside the repository).
