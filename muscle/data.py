@@ -67,18 +67,25 @@ def build_examples(tokenizer, task: TaskSpec, instances: list[Instance], max_len
     return examples
 
 
-def split_train_val(instances: list[Instance], seed: int,
-                    val_rows: int | None = None) -> tuple[list[Instance], list[Instance]]:
+def split_train_val(instances: list[Instance], seed: int, val_rows: int | None = None,
+                    seen: frozenset[str] = frozenset()) -> tuple[list[Instance], list[Instance]]:
     """A seeded train/validation split of the train file: ``val_rows`` rows for validation, by
     default 20 % (the paper's protocol). Validation only scores, so it can be made larger than the
     default at the cost of forward passes: a selection among epochs that differ by a few negative
-    flips needs a validation set where those are more than one or two instances."""
+    flips needs a validation set where those are more than one or two instances.
+
+    Validation takes rows whose id is not in ``seen`` (rows the adapters were trained on) first, in
+    the same seeded order: an adapter is right more often on its own training rows, so validating
+    there favours it over every candidate that moves away from it. With ``seen`` empty the split is
+    the plain seeded one."""
     n_val = max(1, round(VAL_FRACTION * len(instances))) if val_rows is None else val_rows
     if len(instances) < 2 or not 1 <= n_val < len(instances):
         raise CompatInputError(f"the train split has {len(instances)} instance(s); need more than the "
                                f"{n_val} validation row(s) and at least 1 to train on (--limit, --val-rows)")
     order = list(range(len(instances)))
     random.Random(seed).shuffle(order)
+    if seen:
+        order.sort(key=lambda i: instances[i].id in seen)   # stable: unseen rows first, each in seeded order
     return [instances[i] for i in sorted(order[n_val:])], [instances[i] for i in sorted(order[:n_val])]
 
 

@@ -200,9 +200,17 @@ class Recipe:
         self.progress.start()
         set_seed(config.seed)
         instances = _train_instances(self.task, config)
-        resuming = _claim_work_dir(self.work, config, self.task, self.main)
+        self.train_data = self.task.train_split().fingerprint()
+        resuming = _claim_work_dir(self.work, config, self.train_data, self.main)
         self.accelerator.wait_for_everyone()
-        self.train_inst, self.val_inst = split_train_val(instances, config.seed, config.val_rows)
+        self.seen = _rows_trained_on([config.old_adapter, config.new_adapter], self.train_data)
+        self.train_inst, self.val_inst = split_train_val(instances, config.seed, config.val_rows, self.seen)
+        self.val_seen = sum(inst.id in self.seen for inst in self.val_inst)
+        if self.val_seen and self.main:
+            self.progress.console.print(
+                f"validation: {self.val_seen} of {len(self.val_inst)} rows are rows the adapters were trained on "
+                f"(their {TRAINING_JSON}), which favours them; give train: rows held out from their training",
+                soft_wrap=True, markup=False)
 
         # The teachers' predictions come first (from the result cache, or by loading each teacher alone
         # and freeing it), so no teacher is ever resident beside the student. Validation's come before
@@ -436,7 +444,14 @@ class Recipe:
         record = {
             "config": stored,
             "task": {"name": self.task.name, "kind": self.task.kind, "n_train": len(self.train_inst),
-                     "n_val": len(self.val_inst)},
+                     "n_val": len(self.val_inst),
+                     # the rows of this train data the output's weights learnt from: the kept epoch's
+                     # train rows and what the adapters it came from had seen (A2, or A1 and A2; a
+                     # superset where A2 itself is kept). A later `muscle train` on the same train data
+                     # validates elsewhere first (_rows_trained_on).
+                     "train_data": self.train_data,
+                     "trained_on": sorted(self.seen | ({i.id for i in self.train_inst} if chosen else set())),
+                     "val_rows_adapters_trained_on": self.val_seen},
             "teachers": self.teacher_mode,
             "epochs": self.history.epochs,
             "start": asdict(self.interpolation) if self.interpolation is not None else "A2",
@@ -636,14 +651,14 @@ def _check_stacks(config: TrainConfig) -> str | None:
     return shape_difference(old_shapes, new_shapes)
 
 
-def _claim_work_dir(work: Path, config: TrainConfig, task, main: bool) -> bool:
+def _claim_work_dir(work: Path, config: TrainConfig, train_data: str, main: bool) -> bool:
     """Make ``work`` this run's (``run.json``: config + train-data fingerprint); True when resuming.
 
     A fresh run clears older checkpoints. ``--resume`` refuses, before anything is written, a
     checkpoint made with another config or other data: continuing it would mix two runs.
     """
     identity = {"config": {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY},
-                "data": task.train_split().fingerprint()}
+                "data": train_data}
     identity = json.loads(json.dumps(identity, default=str))   # as it reads back (tuples become lists)
     recorded = work / RUN_JSON
     if config.resume and recorded.is_file():
@@ -686,6 +701,23 @@ def _train_instances(task, config: TrainConfig):
     from pytest_modelcompat import load_instances
 
     return load_instances(task, split="train", limit=config.limit)
+
+
+def _rows_trained_on(adapters, train_data: str) -> frozenset[str]:
+    """Ids of the train rows the given adapters were trained on, from their muscle_training.json where
+    it names the same train data (an id of other data is another row). An adapter not made by
+    `muscle` has no record: nothing is known of its rows."""
+    seen: set[str] = set()
+    for adapter in adapters:
+        if adapter is None:
+            continue
+        try:
+            task = json.loads((Path(adapter) / TRAINING_JSON).read_text()).get("task")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(task, dict) and task.get("train_data") == train_data:
+            seen.update(str(i) for i in task.get("trained_on", ()))
+    return frozenset(seen)
 
 
 def _student(config: TrainConfig, device: str):

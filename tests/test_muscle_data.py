@@ -103,6 +103,21 @@ def test_val_rows_sets_the_validation_size():
         split_train_val(instances, seed=7, val_rows=50)
 
 
+def test_validation_takes_rows_the_adapters_did_not_train_on_first():
+    instances = [Instance(id=str(i), context="c", choices=None, gold="g", doc={}) for i in range(50)]
+    plain_train, plain_val = split_train_val(instances, seed=7)
+    assert split_train_val(instances, seed=7, seen=frozenset()) == (plain_train, plain_val)
+    seen = frozenset(str(i) for i in range(0, 50, 2))          # 25 rows an adapter trained on
+    train, val = split_train_val(instances, seed=7, seen=seen)
+    assert len(val) == 10 and not {i.id for i in val} & seen
+    assert {i.id for i in train} | {i.id for i in val} == {i.id for i in instances}
+    # the unseen rows of the plain split stay in validation (same seeded order, seen ones moved back)
+    assert {i.id for i in plain_val} - seen <= {i.id for i in val}
+    # fewer unseen rows than validation needs: all of them, then seen ones
+    _, val = split_train_val(instances, seed=7, val_rows=30, seen=seen)
+    assert {i.id for i in val} - seen == {i.id for i in instances} - seen and len(val) == 30
+
+
 def test_collate_pads_right_with_ignored_labels(tokenizer):
     insts = [Instance(id=str(i), context=c, choices=None, gold="mat", doc={}) for i, c in enumerate(["The cat", "The"])]
     examples = build_examples(tokenizer, _task("generative"), insts, max_length=64)

@@ -209,6 +209,33 @@ def test_validation_decides_the_choice_defaults(task_dir, adapters, tiny_base, t
     assert [t["alpha"] for t in level["epochs"][0]["starts"]] == [0.25, 0.5, 0.75]
 
 
+def test_validation_avoids_the_rows_the_new_adapter_was_trained_on(task_dir, adapters, tiny_base_v2, tmp_path, capsys):
+    # A2 finetuned on this very train file (another seed, so its rows are not the plain split's):
+    # its record names them, and `muscle train` validates on the others. A1's record is of other data.
+    a1, _ = adapters
+    suite = str(task_dir / "suite_train.yaml")
+    a2 = tmp_path / "a2"
+    assert cli.main(["finetune", "--suite", suite, "--task", "pick", "--base", str(tiny_base_v2), "--output", str(a2),
+                     "--epochs", "1", "--seed", "1", *LORA]) == 0
+    a2_rows = set(_record(a2)["task"]["trained_on"])
+    assert len(a2_rows) == _record(a2)["task"]["n_train"] == 64
+
+    def run(out, *extra):
+        assert cli.main(["train", "--suite", suite, "--task", "pick", "--old-adapter", str(a1), "--new-adapter", str(a2),
+                         "--output", str(out), "--epochs", "1", "--interpolate", "0", "--batch-size", "8",
+                         "--device", "cpu", "--no-cache", *extra]) == 0
+        return _record(out)["task"]
+
+    task = run(tmp_path / "c")
+    assert task["n_val"] == 16 and task["val_rows_adapters_trained_on"] == 0
+    assert a2_rows <= set(task["trained_on"])         # the output's weights came from A2
+    assert "validation:" not in capsys.readouterr().out
+    # more validation rows than A2 left out: the rest are its rows, and one line says so
+    task = run(tmp_path / "d", "--val-rows", "30")
+    assert task["val_rows_adapters_trained_on"] == 14
+    assert "validation: 14 of 30 rows are rows the adapters were trained on" in capsys.readouterr().out
+
+
 def test_precomputed_full_vocab_teachers_match_resident(task_dir, adapters, tmp_path):
     a1, a2 = adapters
     runs = {}
