@@ -22,7 +22,7 @@ Updates:
   its rows, so `muscle train` validates on the others first (A1, shipped, predates the record).
 - ``piqa-text``: a base update on PIQA text only (delta built here by scripts/build_base_v2.py with
   ``PIQA_TEXT_DELTA_OPTIONS``), A2 trained on it with the shipped A2 recipe. Built to make v2 *better*
-  than v1 on average; measured, it is level (A2 0.666 vs A1 0.670 on all 1,838 rows): the update the
+  than v1 on average; measured, it is level (A2 0.667–0.669 over two builds vs A1 0.670 on all 1,838 rows): the update the
   issue asks for, better on average with negative flips, is ``sst2-better``.
 - ``piqa-text-ce``: piqa-text's base; A2 = piqa-text's A2 tuned one epoch with cross-entropy on
   the gold choice (``CHOICE_CE_A2_OPTIONS``), to make v2 better than v1 on average.
@@ -557,6 +557,10 @@ def render_markdown(results: dict, name: str = "compat") -> str:
                     f"{_f(r['acc_old'])} | {_f(r['acc_new'])} | {_f(r['nfr'])} [{_f(r['nfr_ci'][0])}, {_f(r['nfr_ci'][1])}] | "
                     f"{_f(r['pfr'])} | {_f(r['nfr_mc'])} | {_f(r['btc'])} | {_f(r['mcnemar_p'])} | "
                     f"{_training_cells(r)} |")
+        # a row measured under other conditions than its table's A2 row says which (set by hand in the JSON)
+        notes = [f"Row `{r['new']}`: {r['note']}" for r in entry["rows"] if r.get("note")]
+        if notes:
+            lines += ["", *notes]
         t = entry.get("targets")
         if not any(r.get("default") for r in entry["rows"]):
             lines += ["", "No default `muscle train` row measured for this update yet (README: what ran and why not)."]
