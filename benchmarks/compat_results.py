@@ -18,7 +18,7 @@ Updates:
 - ``retrained``: the shipped base update, A2 retrained on 1,600 rows instead of 600
   (``RETRAINED_A2_RECIPE``); v2 ends about level with v1.
 - ``retrained-recorded``: ``retrained`` as a user would run it, on the shipped train file (2,000
-  rows, 400 validating) that holds A2's 1,600 rows; A2 rebuilt by a `muscle finetune` that records
+  rows, 400 validating) that holds A2's 1,280 train rows; A2 rebuilt by a `muscle finetune` that records
   its rows, so `muscle train` validates on the others first (A1, shipped, predates the record).
 - ``piqa-text``: a base update on PIQA text only (delta built here by scripts/build_base_v2.py with
   ``PIQA_TEXT_DELTA_OPTIONS``), A2 trained on it with the shipped A2 recipe. Built to make v2 *better*
@@ -265,8 +265,8 @@ def updates() -> dict[str, dict]:
         # The shipped base update; A2 retrained with more data. v2 stays about level with v1.
         "retrained": {**piqa, "a2": WORK / "retrained" / "piqa_a2_1600", "delta": demo.BASE_V2_DELTA,
                       "build": {"a2": RETRAINED_A2_RECIPE}},
-        # retrained, as a user would run it: `muscle train` on the shipped train file, whose first
-        # 1,600 rows A2 was trained on; A2 rebuilt with a `muscle finetune` that records them
+        # retrained, as a user would run it: `muscle train` on the shipped train file, 1,280 of whose
+        # first 1,600 rows A2 was trained on; A2 rebuilt with a `muscle finetune` that records them
         # (muscle_training.json task.trained_on), so validation draws from the other rows first.
         "retrained-recorded": {**piqa, "a2": WORK / "retrained-recorded" / "piqa_a2_1600", "delta": demo.BASE_V2_DELTA,
                                "build": {"a2": RETRAINED_A2_RECIPE}, "train_suite": None},
