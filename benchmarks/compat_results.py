@@ -202,7 +202,7 @@ def unseen_suite(name: str, shipped: Path, pool, n: int, root: Path | None = Non
     adapter saw), written once under ``root / name``; the eval split stays the shipped one."""
     import yaml
 
-    (task,) = yaml.safe_load(shipped.read_text())["tasks"]
+    task = _shipped_task(shipped)
     work = (root or WORK) / name
     suite, rows_file = work / f"{shipped.stem}_unseen.yaml", work / f"{task['name']}_unseen_train.jsonl"
     if suite.is_file():
@@ -216,11 +216,17 @@ def unseen_suite(name: str, shipped: Path, pool, n: int, root: Path | None = Non
     return suite
 
 
-def _outside_train_file(shipped: Path, rows: list[dict]) -> list[dict]:
-    """``rows`` whose ``idx`` is not in ``shipped``'s ``train:`` file (the rows its adapters trained on)."""
+def _shipped_task(shipped: Path) -> dict:
+    """The one task of a shipped suite file, as written (paths relative to its directory)."""
     import yaml
 
     (task,) = yaml.safe_load(shipped.read_text())["tasks"]
+    return task
+
+
+def _outside_train_file(shipped: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` whose ``idx`` is not in ``shipped``'s ``train:`` file (the rows its adapters trained on)."""
+    task = _shipped_task(shipped)
     used = {json.loads(line)["idx"] for line in (shipped.parent / task["train"]).read_text().splitlines()}
     return [r for r in rows if r["idx"] not in used]
 
