@@ -89,6 +89,10 @@ TRAIN_RECIPE = ["--limit", "2000", "--epochs", "3", "--batch-size", "16", "--max
 # others start from A2 (--interpolate 0), as every row did before the interpolated start.
 VARIANTS = {
     "default": [],
+    # the default recipe on other seeds: another validation sample of the same rows (and another
+    # shuffle), to show how much the default's result owes to its one validation split
+    "default-seed1": ["--seed", "1"],
+    "default-seed2": ["--seed", "2"],
     # MUSCLE's own start (A2), the default objective: what the default was before the interpolated start
     "from-a2": ["--interpolate", "0"],
     # the interpolated start (the default), then distilled with the default objective for 3 epochs
@@ -124,10 +128,14 @@ VARIANTS = {
 }
 
 
+# Variants that run the default recipe (no objective or loss option): `muscle train`'s own epochs.
+DEFAULT_RECIPE_VARIANTS = ("default", "default-seed1", "default-seed2")
+
+
 def variant_recipe(name: str, recipe: list[str]) -> list[str]:
-    """The shared sizes plus the variant's options. The default row runs `muscle train`'s own epochs
-    (0: the interpolated start, untrained), so it drops the shared --epochs."""
-    if name == "default":
+    """The shared sizes plus the variant's options. The default recipe's rows run `muscle train`'s own
+    epochs (0: the interpolated start, untrained), so they drop the shared --epochs."""
+    if name in DEFAULT_RECIPE_VARIANTS:
         at = recipe.index("--epochs")
         recipe = recipe[:at] + recipe[at + 2:]
     return [*recipe, *VARIANTS[name]]
