@@ -134,7 +134,8 @@ DEFAULT_RECIPE_VARIANTS = ("default", "default-seed1", "default-seed2")
 
 def variant_recipe(name: str, recipe: list[str]) -> list[str]:
     """The shared sizes plus the variant's options. The default recipe's rows run `muscle train`'s own
-    epochs (0: the interpolated start, untrained), so they drop the shared --epochs."""
+    epochs (0 for the untrained start grid, 2 where validation picks the labels' branch), so they drop
+    the shared --epochs."""
     if name in DEFAULT_RECIPE_VARIANTS:
         at = recipe.index("--epochs")
         recipe = recipe[:at] + recipe[at + 2:]
