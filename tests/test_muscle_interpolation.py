@@ -220,9 +220,9 @@ def test_across_architectures_the_default_distils_and_epochs_0_is_refused_before
     assert across.interpolate == 0.0 and across.epochs is None
     assert preflight((a1_other, other_base), mask="old-correct").epochs == trainer.DEFAULT_EPOCHS["finetune"]
     # across families validation still decides: distil (finetune's epochs), or the labels' recipe
-    level, better = ({"acc": 0.6, "acc_old": acc_old} for acc_old in (0.6, 0.5))
-    assert trainer.defaults_after_validation(across, level)[0].epochs == trainer.DEFAULT_EPOCHS["finetune"]
-    assert trainer.defaults_after_validation(across, better)[0].epochs == trainer.NEW_BEATS_OLD_DEFAULTS["epochs"]
+    level, better = ({"acc": 0.6, "acc_old": 0.6 - lead, "nfr": 0.05, "pfr": 0.05 + lead} for lead in (0.0, 0.1))
+    assert trainer.defaults_after_validation(across, level, 400)[0].epochs == trainer.DEFAULT_EPOCHS["finetune"]
+    assert trainer.defaults_after_validation(across, better, 400)[0].epochs == trainer.NEW_BEATS_OLD_DEFAULTS["epochs"]
     with pytest.raises(CompatInputError, match="differ in architecture .*pass --epochs N to distil"):
         preflight((a1_other, other_base), epochs=0)
     assert _train(suite, (a1_other, other_base), (a2, base_v2), tmp_path / "refused", "--epochs", "0") == 2

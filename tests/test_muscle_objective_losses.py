@@ -16,8 +16,10 @@ from muscle.trainer import (
     DEFAULTS,
     NEW_BEATS_OLD_DEFAULTS,
     TrainConfig,
+    beats_old,
     choose_epoch,
     defaults_after_validation,
+    lead_standard_error,
 )
 
 LN3 = math.log(3)
@@ -182,28 +184,47 @@ def _left_open(**given):
                        old_target="m1", **given)
 
 
+def _val(acc_old, nfr, pfr):
+    """A2 against A1 on validation: their accuracies and flip rates (A2's accuracy = A1's − NFR + PFR)."""
+    return {"acc": acc_old - nfr + pfr, "acc_old": acc_old, "nfr": nfr, "pfr": pfr}
+
+
 def test_defaults_after_validation_follow_a2_against_a1():
-    # A2 20 pt above A1 on validation: start at A2, focal cross-entropy on the gold labels.
-    config, beats = defaults_after_validation(_left_open(), {"acc": 0.80, "acc_old": 0.60})
+    # A2 20 pt above A1 on 200 validation rows: start at A2, focal cross-entropy on the gold labels.
+    config, beats = defaults_after_validation(_left_open(), _val(0.60, 0.05, 0.25), 200)
     assert beats
     assert {k: getattr(config, k) for k in NEW_BEATS_OLD_DEFAULTS} == NEW_BEATS_OLD_DEFAULTS
     # One instance of 200 above A1 is within the 0.5 pt tolerance: distillation, untrained start grid.
-    config, beats = defaults_after_validation(_left_open(), {"acc": 0.635, "acc_old": 0.630})
+    config, beats = defaults_after_validation(_left_open(), _val(0.630, 0.0, 0.005), 200)
     assert not beats
     assert {k: getattr(config, k) for k in DEFAULTS} == DEFAULTS
     assert config.epochs == 0 and config.interpolate is None
     # A1 better: the same.
-    assert not defaults_after_validation(_left_open(), {"acc": 0.60, "acc_old": 0.80})[1]
+    assert not defaults_after_validation(_left_open(), _val(0.80, 0.25, 0.05), 200)[1]
+
+
+def test_a_lead_inside_validation_noise_is_not_beating():
+    # retrained's seed-1 sample: 1,000 rows, NFR 0.026, PFR 0.032 → lead 0.6 pt; the per-row difference's
+    # variance 0.058 − 0.006² = 0.057964, standard error √(0.057964 / 1000) = 0.761 pt: two of them
+    # are 1.52 pt, so the lead is noise.
+    level = _val(0.676, 0.026, 0.032)
+    assert lead_standard_error(level, 1000) == pytest.approx(math.sqrt(0.057964 / 1000))
+    assert not defaults_after_validation(_left_open(), level, 1000)[1]
+    # The same flip rates on 10,000 rows: standard error 0.241 pt, two of them 0.48 pt < 0.6 pt, and
+    # 0.6 pt is above the 0.5 pt tolerance.
+    assert defaults_after_validation(_left_open(), level, 10_000)[1]
+    # sst2-better's validation (A2 18 pt above A1 on 1,000 rows) beats by far.
+    assert beats_old(_val(0.70, 0.05, 0.23), 1000, 0.005)
 
 
 def test_defaults_after_validation_keep_what_the_user_gave():
-    better = {"acc": 0.80, "acc_old": 0.60}
-    config, beats = defaults_after_validation(_left_open(epochs=4, interpolate=0.5), better)
+    better = _val(0.60, 0.05, 0.25)
+    config, beats = defaults_after_validation(_left_open(epochs=4, interpolate=0.5), better, 200)
     assert beats and (config.epochs, config.interpolate, config.ce_weight) == (4, 0.5, 1.0)
     # --epochs 0 asks for an untrained start: nothing learns from the labels.
-    config, beats = defaults_after_validation(_left_open(epochs=0), better)
+    config, beats = defaults_after_validation(_left_open(epochs=0), better, 200)
     assert not beats and config.ce_weight == 0.0 and config.interpolate is None
     # A loss option given: preflight resolved the loss, validation does not change it.
     config, beats = defaults_after_validation(_left_open(ce_weight=0.5, focal_weight=0.0, train_on="disagreement"),
-                                              better)
+                                              better, 200)
     assert not beats and (config.ce_weight, config.train_on, config.epochs) == (0.5, "disagreement", 0)
