@@ -528,7 +528,7 @@ def _loss(row: dict) -> str:
     if row.get("ce_weight") != 1:
         return row["mask"] or "—"
     focal = f", M1-right ×{1 + row['focal_weight']:g}" if row.get("focal_weight") else ""
-    why = " (A2 beats A1 on val)" if row.get("new_beats_old") else ""
+    why = " (A2 clearly beats A1 on val)" if row.get("new_beats_old") else ""
     return f"gold CE{focal}{why}"
 
 
