@@ -4,9 +4,12 @@ epoch selection on hand-written histories, and the defaults validation decides."
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from muscle.losses.choice import choice_loss, instance_mask
 from muscle.losses.sequence import focal_weights, pick_targets, sequence_loss, target_texts
@@ -21,6 +24,7 @@ from muscle.trainer import (
     defaults_after_validation,
     lead_standard_error,
 )
+from pytest_modelcompat import discriminative_metrics
 
 LN3 = math.log(3)
 
@@ -215,6 +219,19 @@ def test_a_lead_inside_validation_noise_is_not_beating():
     assert defaults_after_validation(_left_open(), level, 10_000)[1]
     # sst2-better's validation (A2 18 pt above A1 on 1,000 rows) beats by far.
     assert beats_old(_val(0.70, 0.05, 0.23), 1000, 0.005)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=60))
+def test_lead_standard_error_is_the_per_row_differences(rows):
+    # The closed form against the definition: the population standard deviation of the per-row
+    # differences (new correct − old correct), over √n — computed from the gate's own flip rates.
+    old, new = [o for o, _ in rows], [n for _, n in rows]
+    m = discriminative_metrics(old, new, [0] * len(rows), [0] * len(rows))
+    val = {"acc": m["acc_new"], "acc_old": m["acc_old"], "nfr": m["nfr"], "pfr": m["pfr"]}
+    diffs = [int(n) - int(o) for o, n in rows]
+    assert lead_standard_error(val, len(rows)) == pytest.approx(statistics.pstdev(diffs) / math.sqrt(len(rows)),
+                                                                abs=1e-12)
 
 
 def test_defaults_after_validation_keep_what_the_user_gave():
