@@ -467,6 +467,9 @@ class Recipe:
             "new_beats_old": self.new_beats_old,
             "val_acc": ({"old": self.val_before.get("acc_old"), "new": self.val_before.get("acc")}
                         if self.val_before is not None else None),
+            # the noise the gap was tested against (beats_old): one standard error of A2's accuracy − A1's
+            "val_gap_se": (lead_standard_error(self.val_before, len(self.val_inst))
+                           if self.val_before is not None and "pfr" in self.val_before else None),
             "chosen_epoch": chosen,
             "kept": "A2" if keeps_a2 else f"epoch {chosen}",
             "selection": config.selection(),
