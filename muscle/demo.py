@@ -123,10 +123,11 @@ def compat_adapter_dir(task: str, adapters: tuple[Path, Path]) -> Path:
     gets a new directory instead of a stale hit."""
     from muscle.interpolation import DEFAULT_ALPHAS
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET
-    from muscle.trainer import DEFAULT_EPOCHS, DEFAULT_LR
+    from muscle.trainer import BEATS_OLD_Z, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULTS, NEW_BEATS_OLD_DEFAULTS
     from pytest_modelcompat import adapter_fingerprint
 
-    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR, DEFAULT_ALPHAS, DEFAULT_EPOCHS]
+    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR, DEFAULT_ALPHAS, DEFAULT_EPOCHS,
+                DEFAULTS, NEW_BEATS_OLD_DEFAULTS, BEATS_OLD_Z]
     key = json.dumps([COMPAT_RECIPE, defaults, [adapter_fingerprint(a) for a in adapters]])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_home() / "demo" / f"{task}_compat_{digest}"
