@@ -606,11 +606,15 @@ def lead_standard_error(val: dict[str, Any], n_val: int) -> float:
     return math.sqrt(max(val["pfr"] + val["nfr"] - lead * lead, 0.0) / n_val)
 
 
+def beats_old_margin(val: dict[str, Any], n_val: int, acc_tolerance: float) -> float:
+    """The lead A2's validation accuracy must exceed: ``acc_tolerance`` or BEATS_OLD_Z standard errors
+    of the difference, whichever is larger."""
+    return max(acc_tolerance, BEATS_OLD_Z * lead_standard_error(val, n_val))
+
+
 def beats_old(val: dict[str, Any], n_val: int, acc_tolerance: float) -> bool:
-    """Whether A2's validation accuracy exceeds A1's by more than ``acc_tolerance`` and BEATS_OLD_Z
-    standard errors of the difference."""
-    lead = val["acc"] - val["acc_old"]
-    return lead > max(acc_tolerance, BEATS_OLD_Z * lead_standard_error(val, n_val)) + 1e-12
+    """Whether A2's validation accuracy exceeds A1's by more than :func:`beats_old_margin`."""
+    return val["acc"] - val["acc_old"] > beats_old_margin(val, n_val, acc_tolerance) + 1e-12
 
 
 def _left_to_validation(config: TrainConfig, val: dict[str, Any] | None) -> bool:
@@ -620,7 +624,7 @@ def _left_to_validation(config: TrainConfig, val: dict[str, Any] | None) -> bool
 
 def defaults_line(config: TrainConfig, val: dict[str, Any], beats: bool, n_val: int) -> str:
     """One console line: what validation decided where the options were left to it."""
-    margin = max(config.acc_tolerance, BEATS_OLD_Z * lead_standard_error(val, n_val))
+    margin = beats_old_margin(val, n_val, config.acc_tolerance)
     gap = f"validation ({n_val} rows): A2 {val['acc']:.3f}, A1 {val['acc_old']:.3f}"
     test = f"by more than {100 * margin:.1f} pt (--acc-tolerance, and {BEATS_OLD_Z:g} standard errors of the gap)"
     if beats:
