@@ -55,7 +55,8 @@ def split_rows(update: dict, evaluator: Evaluator, bases: tuple[Path, Path]) -> 
     from pytest_modelcompat import load_instances, load_suite, resolve_task
 
     result = evaluator.result(update["a2"])
-    splits = {"eval": ensemble_rows(evaluator.task, result.instances, result.old, result.new)}
+    splits = {"eval": {"n": len(result.instances),
+                       "rows": ensemble_rows(evaluator.task, result.instances, result.old, result.new)}}
     if update.get("train_suite"):
         (task,) = [t for t in load_suite(update["train_suite"]()) if t.name == update["task"]]
         task = resolve_task(task)
@@ -64,9 +65,8 @@ def split_rows(update: dict, evaluator: Evaluator, bases: tuple[Path, Path]) -> 
         preds = [teacher_predictions(ref, task, instances, options=options, cache=evaluator.cache, batch_size=16,
                                      label=label)
                  for ref, label in (((update["a1"], bases[0]), "A1"), ((update["a2"], bases[1]), "A2"))]
-        splits["train rows"] = ensemble_rows(task, instances, *preds)
-    return {name: {"n": len(result.instances) if name == "eval" else len(instances), "rows": rows}
-            for name, rows in splits.items()}
+        splits["train rows"] = {"n": len(instances), "rows": ensemble_rows(task, instances, *preds)}
+    return splits
 
 
 def render_markdown(results: dict) -> str:
