@@ -417,11 +417,18 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
                train_rows: str) -> dict:
     """One compatibility row; ``train_rows`` says where its train rows came from ("unseen": rows no
     adapter saw, an update's ``train_suite``; "train file": the task's own)."""
+    from muscle.trainer import NOISE_Z, flip_gain_standard_error
+
     record = json.loads((adapter / "muscle_training.json").read_text())
     config = record["config"]
     chosen = (record["a2_val"] if record["chosen_epoch"] is None
               else next(h for h in record["epochs"] if h["epoch"] == record["chosen_epoch"])["val"])
     start = record.get("start", "A2")
+    a2_val = record.get("a2_val") or record["epochs"][0]["val"]
+
+    def brief(val: dict) -> dict:   # the per-row flips stay in the adapter's record
+        return {k: v for k, v in val.items() if k != "flipped"}
+
     return {"new": name, "objective": config["objective"], "mask": config["mask"],
             "default": name == "default",   # `muscle train` with no options (VARIANTS["default"] is empty)
             # the defaults validation chose (trainer.defaults_after_validation); absent in older records
@@ -434,9 +441,14 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
             "epochs": record["config"]["epochs"], "n_train": record["task"]["n_train"],
             "n_val": record["task"]["n_val"], "chosen_epoch": record["chosen_epoch"],
             "kept": record.get("kept", f"epoch {record['chosen_epoch']}"),
-            "val_at_chosen_epoch": chosen,
+            "val_at_chosen_epoch": brief(chosen),
+            "val_a2": brief(a2_val),
+            # what the kept candidate's validation gain over A2 had to exceed (trainer.beats_a2); None
+            # where A2 is kept or the record predates the per-row flips
+            "val_gain_margin": (NOISE_Z * flip_gain_standard_error(a2_val, chosen)
+                                if chosen is not a2_val and "flipped" in chosen and "flipped" in a2_val else None),
             # every interpolated start validated (α → validation metrics); the start is the one chosen
-            "starts_val": {str(t["alpha"]): t["val"] for t in record["epochs"][0].get("starts", [])}}
+            "starts_val": {str(t["alpha"]): brief(t["val"]) for t in record["epochs"][0].get("starts", [])}}
 
 
 def targets(rows: list[dict], kind: str, mc_factor: float = 0.5) -> dict | None:
@@ -514,10 +526,16 @@ def _start(row: dict) -> str:
 
 
 def _kept(row: dict) -> str:
-    """The candidate selection kept (rows from before the interpolated start: epoch 0 was A2)."""
+    """The candidate selection kept (rows from before the interpolated start: epoch 0 was A2), and
+    where it is not A2, its validation gain over A2 against the margin the noise test asked."""
     if row["objective"] is None:
         return "—"
-    return row.get("kept") or ("A2" if row["chosen_epoch"] == 0 else f"epoch {row['chosen_epoch']}")
+    kept = row.get("kept") or ("A2" if row["chosen_epoch"] == 0 else f"epoch {row['chosen_epoch']}")
+    if row.get("val_gain_margin") is None:
+        return kept
+    flip = "nfr" if "nfr" in row["val_at_chosen_epoch"] else "nfr_smooth"
+    return (f"{kept} (validation {flip} {row['val_a2'][flip]:.3f} → {row['val_at_chosen_epoch'][flip]:.3f}, "
+            f"gain margin {row['val_gain_margin']:.3f})")
 
 
 def _training_cells(row: dict) -> str:

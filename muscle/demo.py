@@ -120,14 +120,15 @@ def gate_command(new_adapter: Path, new_base: Path, old_base: Path, report: Path
 
 def compat_adapter_dir(task: str, adapters: tuple[Path, Path]) -> Path:
     """Where the compatibility adapter for (A1, A2, recipe) is cached: a changed adapter or recipe
-    gets a new directory instead of a stale hit."""
+    gets a new directory instead of a stale hit. The trainer's source is part of the key: its defaults
+    and its selection rule decide what the default recipe returns."""
+    from muscle import trainer
     from muscle.interpolation import DEFAULT_ALPHAS
     from muscle.objectives import DEFAULT_MASK, DEFAULT_OBJECTIVE, DEFAULT_OLD_TARGET
-    from muscle.trainer import BEATS_OLD_Z, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULTS, NEW_BEATS_OLD_DEFAULTS
     from pytest_modelcompat import adapter_fingerprint
 
-    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_LR, DEFAULT_ALPHAS, DEFAULT_EPOCHS,
-                DEFAULTS, NEW_BEATS_OLD_DEFAULTS, BEATS_OLD_Z]
+    defaults = [DEFAULT_OBJECTIVE, DEFAULT_MASK, DEFAULT_OLD_TARGET, DEFAULT_ALPHAS,
+                hashlib.sha256(Path(trainer.__file__).read_bytes()).hexdigest()]
     key = json.dumps([COMPAT_RECIPE, defaults, [adapter_fingerprint(a) for a in adapters]])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_home() / "demo" / f"{task}_compat_{digest}"

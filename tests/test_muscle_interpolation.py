@@ -4,9 +4,13 @@ update is low-rank, honest about what LoRA cannot carry; its place in `muscle tr
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from muscle import cli, trainer
 from muscle.interpolation import DEFAULT_ALPHAS, InterpolatedStarts, interpolated_student, linear_weights
@@ -155,20 +159,51 @@ def test_an_explicit_alpha_is_the_only_start(suite, tiny_adapter, tiny_base, low
     assert record["epochs"][0]["val"] != record["a2_val"]
 
 
-def test_start_selection_keeps_the_lowest_nfr_above_the_floor_and_prefers_the_new_side_on_ties():
-    def val(acc, nfr):
-        return {"acc": acc, "nfr": nfr}
+def _val(acc, flipped, n=1000):
+    """Validation metrics of a candidate against M1: accuracy and the rows it flips (of n)."""
+    return {"acc": acc, "nfr": len(flipped) / n, "n": n, "flipped": list(flipped)}
 
-    a2 = (None, val(0.70, 0.05))
-    # 0.75 flips least but falls below A2's accuracy − 0.5 pt: 0.5 is kept
-    starts = [(0.25, val(0.70, 0.04)), (0.5, val(0.697, 0.03)), (0.75, val(0.69, 0.01))]
+
+def test_start_selection_keeps_the_lowest_nfr_above_the_floor_and_prefers_the_new_side_on_ties():
+    a2 = (None, _val(0.70, range(50)))
+    # each start flips a subset of A2's rows; 0.75 flips least but falls below A2's accuracy − 0.5 pt
+    starts = [(0.25, _val(0.70, range(40))), (0.5, _val(0.697, range(30))), (0.75, _val(0.69, range(10)))]
     assert trainer.choose_candidate([a2, *starts], "multiple_choice", 0.005) == 0.5
     # equal NFR and accuracy: the start nearer the new stack
-    starts = [(0.25, val(0.70, 0.03)), (0.5, val(0.70, 0.03))]
+    starts = [(0.25, _val(0.70, range(30))), (0.5, _val(0.70, range(20, 50)))]
     assert trainer.choose_candidate([a2, *starts], "multiple_choice", 0.005) == 0.25
-    # none flips less than A2: A2; an equal NFR at a higher accuracy wins over A2
-    assert trainer.choose_candidate([a2, (0.5, val(0.71, 0.06))], "multiple_choice", 0.005) is None
-    assert trainer.choose_candidate([a2, (0.5, val(0.71, 0.05))], "multiple_choice", 0.005) == 0.5
+    # none flips less than A2: A2; nor does an equal NFR at a higher accuracy replace it
+    assert trainer.choose_candidate([a2, (0.5, _val(0.71, range(60)))], "multiple_choice", 0.005) is None
+    assert trainer.choose_candidate([a2, (0.5, _val(0.71, range(50)))], "multiple_choice", 0.005) is None
+
+
+def test_a_start_replaces_a2_only_beyond_validation_noise():
+    # A2 flips 61 of 1,000 validation rows, the candidate 53 (Gemma's kept epoch, eval: more flips than A2).
+    a2 = (None, _val(0.658, range(61)))
+    # 53 of A2's 61: the difference is 8 rows of +1, SE √(0.008 − 0.008²) / √1000 = 0.28 pt, two of them
+    # 0.56 pt < 0.8 pt: beyond noise.
+    subset = _val(0.666, range(53))
+    assert trainer.flip_gain_standard_error(a2[1], subset) == pytest.approx(math.sqrt((0.008 - 0.008**2) / 1000))
+    assert trainer.choose_candidate([a2, (1, subset)], "multiple_choice", 0.005) == 1
+    # 40 of A2's rows and 13 of its own: 21 rows of +1, 13 of −1, SE √(0.034 − 0.008²) / √1000 = 0.58 pt,
+    # two of them 1.17 pt > 0.8 pt: within noise, A2 is kept.
+    moved = _val(0.666, [*range(40), *range(1000 - 13, 1000)])
+    assert trainer.flip_gain_standard_error(a2[1], moved) == pytest.approx(math.sqrt((0.034 - 0.008**2) / 1000))
+    assert trainer.choose_candidate([a2, (1, moved)], "multiple_choice", 0.005) is None
+    # the same flip counts on ten times the rows: beyond noise again
+    big = (None, _val(0.658, range(610), n=10_000))
+    moved = _val(0.666, [*range(400), *range(10_000 - 130, 10_000)], n=10_000)
+    assert trainer.choose_candidate([big, (1, moved)], "multiple_choice", 0.005) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(20, 400), st.data())
+def test_flip_gain_standard_error_is_the_per_row_differences(n, data):
+    rows = st.lists(st.integers(0, n - 1), unique=True, max_size=n)
+    a2, own = data.draw(rows), data.draw(rows)
+    diffs = [(i in a2) - (i in own) for i in range(n)]
+    expected = statistics.pstdev(diffs) / math.sqrt(n)
+    assert trainer.flip_gain_standard_error(_val(0.5, a2, n), _val(0.5, own, n)) == pytest.approx(expected, abs=1e-12)
 
 
 def test_interpolate_0_starts_from_a2(suite, tiny_adapter, tiny_base, low_rank_update, tmp_path):
@@ -238,20 +273,23 @@ def test_add_modules_with_an_interpolated_start_is_refused(suite, tiny_adapter, 
 
 
 def test_selection_with_an_interpolated_start_keeps_a2_as_a_candidate():
-    def val(acc, nfr):
-        return {"acc": acc, "nfr": nfr}
-
-    a2 = val(0.70, 0.05)
-    history = [{"epoch": 0, "val": val(0.70, 0.02)}, {"epoch": 1, "val": val(0.71, 0.03)}]
+    a2 = _val(0.70, range(50))
+    history = [{"epoch": 0, "val": _val(0.70, range(20))}, {"epoch": 1, "val": _val(0.71, range(30))}]
     assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) == 0
     # the start drops accuracy beyond the tolerance: A2's accuracy is the floor, not the start's
-    history[0]["val"] = val(0.68, 0.01)
+    history[0]["val"] = _val(0.68, range(10))
     assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) == 1
-    history[1]["val"] = val(0.69, 0.01)
+    history[1]["val"] = _val(0.69, range(10))
     assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) is None
     # nothing flips less than A2: A2 itself (None), ahead of an equal epoch
-    history = [{"epoch": 0, "val": val(0.70, 0.06)}, {"epoch": 1, "val": val(0.70, 0.05)}]
+    history = [{"epoch": 0, "val": _val(0.70, range(60))}, {"epoch": 1, "val": _val(0.70, range(50))}]
     assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) is None
+    assert trainer.within_noise_line(history, a2, "multiple_choice", 0.005) is None
+    # an epoch flips less, inside the noise: A2, and the console line says why
+    history[1]["val"] = _val(0.70, [*range(40), *range(990, 1000)][:45])
+    assert trainer.choose_epoch(history, "nfr", "multiple_choice", baseline=a2) is None
+    line = trainer.within_noise_line(history, a2, "multiple_choice", 0.005)
+    assert line.startswith("kept A2: epoch 1's validation nfr 0.0450 against A2's 0.0500 on 1000 rows is within noise")
 
 
 def test_epochs_0_keeps_the_start_or_a2_untrained(suite, tiny_adapter, tiny_base, low_rank_update, tmp_path, capsys):

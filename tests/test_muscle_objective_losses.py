@@ -158,18 +158,21 @@ def test_sequence_objective_runs_the_lm_head_on_target_positions_only(tiny_base,
 
 
 def _history(*rows):
-    return [{"epoch": e, "val": {"acc": acc, "nfr": nfr, "loss": loss}} for e, acc, nfr, loss in rows]
+    """Epochs of (epoch, acc, negative flips among the first rows of 100, loss): each flips a prefix."""
+    return [{"epoch": e, "val": {"acc": acc, "nfr": flips / 100, "n": 100, "flipped": list(range(flips)), "loss": loss}}
+            for e, acc, flips, loss in rows]
 
 
 def test_selection_keeps_epoch_zero_unless_a_trained_epoch_is_better_within_tolerance():
     # epoch 1 cuts NFR but loses 2 pt of accuracy (tolerance 0.5 pt): not eligible; epoch 2 is.
-    history = _history((0, 0.70, 0.05, 1.0), (1, 0.68, 0.01, 0.9), (2, 0.697, 0.03, 0.8))
+    history = _history((0, 0.70, 20, 1.0), (1, 0.68, 2, 0.9), (2, 0.697, 8, 0.8))
     assert choose_epoch(history, "nfr", "multiple_choice", acc_tolerance=0.005) == 2
     assert choose_epoch(history, "nfr", "multiple_choice", acc_tolerance=0.05) == 1
-    worse = _history((0, 0.70, 0.02, 1.0), (1, 0.71, 0.03, 0.9))
+    worse = _history((0, 0.70, 2, 1.0), (1, 0.71, 3, 0.9))
     assert choose_epoch(worse, "nfr", "multiple_choice") == 0          # never worse than A2 on validation
     assert choose_epoch(worse, "loss", "multiple_choice") == 1         # finetune: trained epochs by loss
-    generative = [{"epoch": e, "val": {"score": s, "nfr_smooth": n}} for e, s, n in ((0, 0.30, 0.4), (1, 0.31, 0.3))]
+    generative = [{"epoch": e, "val": {"score": s, "nfr_smooth": len(f) / 10, "n": 10, "flipped": f}}
+                  for e, s, f in ((0, 0.30, [0, 1, 2, 3, 4, 5]), (1, 0.31, [0]))]
     assert choose_epoch(generative, "nfr", "generative") == 1
 
 
