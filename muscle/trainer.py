@@ -48,6 +48,9 @@ STUDENT = "default"          # PEFT's name for the trainable adapter
 NEW_TEACHER = "muscle_m2"    # A2 as a frozen second adapter on the student's base (token objective)
 TRAINING_JSON = "muscle_training.json"
 RUN_JSON = "run.json"        # in the work dir: the config + data a checkpoint belongs to
+# What a checkpoint's history holds; a resume across versions would select on fields it lacks.
+# 2: validation metrics carry the positions of the rows each candidate flips (selection's noise test).
+CHECKPOINT_FORMAT = 2
 # Config fields that do not change what a run computes: a resume may differ in these.
 _NOT_IDENTITY = ("resume", "output")
 # Learning rates per mode: plain LoRA fine-tuning from a fresh adapter, and compatibility training
@@ -698,11 +701,14 @@ def _claim_work_dir(work: Path, config: TrainConfig, train_data: str, main: bool
     checkpoint made with another config or other data: continuing it would mix two runs.
     """
     identity = {"config": {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY},
-                "data": train_data}
+                "data": train_data, "format": CHECKPOINT_FORMAT}
     identity = json.loads(json.dumps(identity, default=str))   # as it reads back (tuples become lists)
     recorded = work / RUN_JSON
     if config.resume and recorded.is_file():
         before = json.loads(recorded.read_text())
+        if before.get("format") != CHECKPOINT_FORMAT:
+            raise CompatInputError(f"--resume: the checkpoint in {work} was written by another version of muscle; "
+                                   "rerun without --resume to start over")
         if before != identity:
             changed = sorted(k for k in set(before["config"]) | set(identity["config"])
                              if before["config"].get(k) != identity["config"].get(k))

@@ -364,6 +364,14 @@ def test_resume_refuses_a_checkpoint_of_another_config(task_dir, adapters, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: --resume") and "options lr" in err and err.count("\n") == 1
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before and not out.exists()
+    # a checkpoint an older muscle wrote (its history lacks what selection reads): refused the same way
+    run_json = work / trainer.RUN_JSON
+    older = {k: v for k, v in json.loads(run_json.read_text()).items() if k != "format"}
+    run_json.write_text(json.dumps(older))
+    assert cli.main([*argv[:argv.index("--lr") + 1], LR, *argv[argv.index("--lr") + 2:]]) == 2   # the same options
+    err = capsys.readouterr().err
+    assert err == f"error: --resume: the checkpoint in {work} was written by another version of muscle; " \
+                  "rerun without --resume to start over\n"
 
 
 def test_vocabulary_mismatch_is_refused(task_dir, adapters, tmp_path, capsys):
