@@ -611,11 +611,17 @@ def defaults_after_validation(config: TrainConfig, val: dict[str, Any] | None,
     return dataclasses.replace(config, **{k: v for k, v in values.items() if getattr(config, k) is None}), beats
 
 
+def paired_standard_error(plus: float, minus: float, n: int) -> float:
+    """The standard error of the mean of n paired per-row differences that are +1 on a share ``plus``
+    of the rows, −1 on ``minus`` and 0 elsewhere: their variance is plus + minus − (plus − minus)²."""
+    mean = plus - minus
+    return math.sqrt(max(plus + minus - mean * mean, 0.0) / n)
+
+
 def lead_standard_error(val: dict[str, Any], n_val: int) -> float:
     """The standard error of A2's accuracy minus A1's on the same ``n_val`` rows: per row the difference
-    is +1 (positive flip), −1 (negative flip) or 0, so its variance is PFR + NFR − (PFR − NFR)²."""
-    lead = val["pfr"] - val["nfr"]
-    return math.sqrt(max(val["pfr"] + val["nfr"] - lead * lead, 0.0) / n_val)
+    is +1 (positive flip), −1 (negative flip) or 0."""
+    return paired_standard_error(val["pfr"], val["nfr"], n_val)
 
 
 def beats_old_margin(val: dict[str, Any], n_val: int, acc_tolerance: float) -> float:
@@ -945,12 +951,9 @@ def _above_floor(a2: dict[str, Any], val: dict[str, Any], gain: str, acc_toleran
 
 def flip_gain_standard_error(a2: dict[str, Any], val: dict[str, Any]) -> float:
     """The standard error of A2's validation NFR minus a candidate's on the same rows: per row the
-    difference is +1 (only A2 flips it), −1 (only the candidate) or 0, so its variance is
-    p(+1) + p(−1) − (p(+1) − p(−1))²."""
-    a2_flips, own_flips = set(a2["flipped"]), set(val["flipped"])
-    only_a2, only_own, n = len(a2_flips - own_flips), len(own_flips - a2_flips), val["n"]
-    gain = (only_a2 - only_own) / n
-    return math.sqrt(max((only_a2 + only_own) / n - gain * gain, 0.0) / n)
+    difference is +1 (only A2 flips it), −1 (only the candidate) or 0."""
+    a2_flips, own_flips, n = set(a2["flipped"]), set(val["flipped"]), val["n"]
+    return paired_standard_error(len(a2_flips - own_flips) / n, len(own_flips - a2_flips) / n, n)
 
 
 def beats_a2(a2: dict[str, Any], val: dict[str, Any], flip: str = "nfr") -> bool:
