@@ -6,6 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_modelcompat.errors import CompatInputError
 from pytest_modelcompat.scoring import engine
@@ -95,6 +97,30 @@ def test_training_form_has_the_gradients_of_one_forward_per_choice(tiny_adapter)
     packed = gradients(engine.packed_choice_loglikelihoods(model, tokenizer, REQUESTS, device=torch.device("cpu")))
     assert packed.abs().max() > 0
     torch.testing.assert_close(packed, gradients(_per_choice_logliks(model, tokenizer, REQUESTS)), rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=24))
+def test_packed_rows_place_every_tree_once_without_overlap(lengths):
+    rows = engine.pack_rows(lengths)
+    placed = sorted(i for row in rows for i, _ in row)
+    assert placed == list(range(len(lengths)))
+    for row in rows:
+        spans = sorted((o, o + lengths[i]) for i, o in row)
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))   # no overlap
+        assert spans[-1][1] <= max(lengths)                                           # no row longer than the longest tree
+
+
+def test_training_form_packs_several_trees_to_a_row_and_scores_as_the_gate(stack):
+    """The training form lays trees several to a row; each must still score exactly as alone."""
+    import torch
+
+    trees, _ = engine._build_trees(stack.tokenizer, REQUESTS, limit=512)
+    assert any(len(row) > 1 for row in engine.pack_rows([t.length for t in trees]))
+    with torch.no_grad():
+        packed = engine.packed_choice_loglikelihoods(stack.model, stack.tokenizer, REQUESTS, device=stack.device)
+    for got, want in zip(packed, engine.loglikelihoods(stack, REQUESTS, batch_size=4)):
+        assert got.tolist() == pytest.approx(want, abs=1e-4)
 
 
 def test_shared_leading_tokens_are_computed_once(stack):

@@ -215,43 +215,73 @@ def same_width_batches(items: Sequence[Any], lengths: Sequence[int], batch_size:
     return batches
 
 
+def pack_rows(lengths: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Trees of these lengths laid out several to a row: rows of (tree index, offset), first fit in
+    order of decreasing length, each row at most as long as the longest tree. Training batches mix
+    short and long instances, and one tree per row padded to the longest spent over half of a PIQA
+    batch's positions on padding."""
+    width = max(lengths)
+    rows: list[list[tuple[int, int]]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, u in enumerate(used) if u + lengths[i] <= width), None)
+        if r is None:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        rows[r].append((i, used[r]))
+        used[r] += lengths[i]
+    return rows
+
+
 def _forward_trees(model, trees: Sequence[_Tree], pad_id: int, device, dtype,
-                   config=None, width: int | None = None) -> tuple[list[int], torch.Tensor]:
+                   config=None, width: int | None = None, pack: bool = False) -> tuple[list[int], torch.Tensor]:
     """Score one batch of trees; return (choice slots, summed continuation log-probs).
 
     ``config`` is the model's config when ``model`` is a wrapper without one (DDP in training);
-    ``width``: pad the rows to it (default: the longest tree)."""
+    ``width``: pad the rows to it (default: the longest tree); ``pack``: several trees to a row
+    (:func:`pack_rows`; each still sees only itself, at its own positions) instead of one.
+    """
     import torch
 
     from pytest_modelcompat.scoring.token_logprobs import token_logprobs
 
+    layout = (pack_rows([tree.length for tree in trees]) if pack
+              else [[(i, 0)] for i in range(len(trees))])
     width = max(width or 0, max(tree.length for tree in trees))
-    rows = len(trees)
+    rows = len(layout)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((rows, width), dtype=torch.long)
     keep = torch.zeros((rows, width), dtype=torch.bool)
-    # Token i sees token j iff j is in the prefix and no later than i, or j is i or an ancestor
-    # of i in the trie. Padding sees the prefix and itself only (a row never sees nothing).
-    allowed = torch.ones(width, width, dtype=torch.bool).tril().repeat(rows, 1, 1)
+    # Token i sees token j iff both are in one tree and j is in its prefix and no later than i, or j
+    # is i or an ancestor of i in the trie. Padding sees itself (a row never sees nothing), and in a
+    # row of one tree its prefix too: what it saw before packing, so the gate's scores stay bit for bit.
+    allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)
     # Per scored token: (row, column of the position predicting it, token id, choice slot).
     scored_row, scored_col, scored_tok, scored_slot = [], [], [], []
-    for r, tree in enumerate(trees):
-        p, n = len(tree.prefix), len(tree.tokens)
-        input_ids[r, :p] = torch.tensor(tree.prefix)
-        input_ids[r, p:p + n] = torch.tensor(tree.tokens, dtype=torch.long)
-        position_ids[r, :p] = torch.arange(p)
-        position_ids[r, p:p + n] = p + torch.tensor(tree.depths, dtype=torch.long)
-        keep[r, p - 1:p + n] = True
-        trie = torch.eye(width - p, dtype=torch.bool)
-        for node, parent in enumerate(tree.parents):
-            if parent >= 0:
-                trie[node] |= trie[parent]  # parents come first, so their rows are complete
-        allowed[r, p:, p:] = trie
-        for slot, continuation, path in tree.targets:
-            scored_row += [r] * len(continuation)
-            scored_col += [p - 1, *(p + node for node in path)]
-            scored_tok += continuation
-            scored_slot += [slot] * len(continuation)
+    for r, row in enumerate(layout):
+        for i, o in row:
+            tree = trees[i]
+            p, n = len(tree.prefix), len(tree.tokens)
+            input_ids[r, o:o + p] = torch.tensor(tree.prefix)
+            input_ids[r, o + p:o + p + n] = torch.tensor(tree.tokens, dtype=torch.long)
+            position_ids[r, o:o + p] = torch.arange(p)
+            position_ids[r, o + p:o + p + n] = p + torch.tensor(tree.depths, dtype=torch.long)
+            keep[r, o + p - 1:o + p + n] = True
+            block = torch.ones(p + n, p + n, dtype=torch.bool).tril()
+            trie = torch.eye(n, dtype=torch.bool)
+            for node, parent in enumerate(tree.parents):
+                if parent >= 0:
+                    trie[node] |= trie[parent]  # parents come first, so their rows are complete
+            block[p:, p:] = trie
+            allowed[r, o:o + p + n, o:o + p + n] = block
+            if len(row) == 1:
+                allowed[r, o + p + n:, o:o + p] = True
+            for slot, continuation, path in tree.targets:
+                scored_row += [r] * len(continuation)
+                scored_col += [o + p - 1, *(o + p + node for node in path)]
+                scored_tok += continuation
+                scored_slot += [slot] * len(continuation)
     mask = _attention_mask(config or model.config, allowed, position_ids, dtype, device)
     # The LM head is one (kept positions × hidden) @ (hidden × vocab) product; BLAS may take another
     # kernel for a product of few rows, and round differently (measured on an AVX-512/AMX Xeon: up
@@ -314,7 +344,9 @@ def packed_choice_loglikelihoods(model, tokenizer, requests: Sequence[Request], 
     gradients (no inference mode), one tensor of choice log-likelihoods per request.
 
     The same trees, tokenisation, masks and positions as the gate's scoring, so what the trainer
-    optimises is exactly what the gate measures. ``config``: the model's config when ``model``
+    optimises is what the gate measures; the trees are laid several to a row (:func:`pack_rows`),
+    each seeing only itself, since a training batch has no batch invariance to keep and padding
+    every tree to the longest was most of a PIQA step's positions. ``config``: the model's config when ``model``
     is a training wrapper (DDP) that has none.
     """
     config = config or model.config
@@ -322,7 +354,7 @@ def packed_choice_loglikelihoods(model, tokenizer, requests: Sequence[Request], 
     pad_id = pad_token_id(tokenizer)
     dtype = next(model.parameters()).dtype
     # Every slot has ≥ 1 scored token and _forward_trees returns them sorted: sums[slot] is that slot's.
-    _, sums = _forward_trees(model, trees, pad_id, device, dtype, config=config)
+    _, sums = _forward_trees(model, trees, pad_id, device, dtype, config=config, pack=True)
     return [sums[first_slot[i]: first_slot[i + 1]] for i in range(len(requests))]
 
 
