@@ -861,25 +861,27 @@ def _predictions(model, tokenizer, task, instances, *, base: str, label: str, de
 
 def _prediction_metrics(task, old_preds, new_preds) -> dict[str, Any]:
     """The gate's metrics of ``new_preds`` against ``old_preds`` on validation, plus ``n`` and
-    ``flipped``: the positions of the rows the new model flips (a negative flip; for generative tasks
+    ``flipped``: the positions of the rows in the gate's negative-flip quadrant (for generative tasks
     a lower similarity), which the selection's noise test pairs across candidates (:func:`beats_a2`)."""
     from pytest_modelcompat import discriminative_metrics, generative_metrics
+    from pytest_modelcompat.metrics.flips import discriminative_quadrants, generative_quadrants
 
     if task.kind == "generative":
         new_scores = [p.score for p in new_preds]
         if not old_preds:
             return {"score": generative_metrics(new_scores, new_scores)["score_new"], "nfr_smooth": None}
-        old_scores = [p.score for p in old_preds]
-        m = generative_metrics(old_scores, new_scores)
-        return {"score": m["score_new"], "nfr_smooth": m["nfr_smooth"], "n": len(new_preds),
-                "flipped": [i for i, (o, w) in enumerate(zip(old_scores, new_scores)) if w < o]}
-    new_correct = [bool(p.correct) for p in new_preds]
-    if not old_preds:
-        return {"acc": sum(new_correct) / len(new_correct)}
-    old_correct = [bool(p.correct) for p in old_preds]
-    m = discriminative_metrics(old_correct, new_correct, [p.pred for p in old_preds], [p.pred for p in new_preds])
-    return {"acc": m["acc_new"], "acc_old": m["acc_old"], "nfr": m["nfr"], "pfr": m["pfr"], "nfr_mc": m["nfr_mc"],
-            "n": len(new_preds), "flipped": [i for i, (o, w) in enumerate(zip(old_correct, new_correct)) if o and not w]}
+        columns = ([p.score for p in old_preds], new_scores)
+        m, quadrants = generative_metrics(*columns), generative_quadrants(*columns)
+        metrics = {"score": m["score_new"], "nfr_smooth": m["nfr_smooth"]}
+    else:
+        new_correct = [bool(p.correct) for p in new_preds]
+        if not old_preds:
+            return {"acc": sum(new_correct) / len(new_correct)}
+        columns = ([bool(p.correct) for p in old_preds], new_correct, [p.pred for p in old_preds],
+                   [p.pred for p in new_preds])
+        m, quadrants = discriminative_metrics(*columns), discriminative_quadrants(*columns)
+        metrics = {"acc": m["acc_new"], "acc_old": m["acc_old"], "nfr": m["nfr"], "pfr": m["pfr"], "nfr_mc": m["nfr_mc"]}
+    return metrics | {"n": len(new_preds), "flipped": [i for i, q in enumerate(quadrants) if q == "negative_flip"]}
 
 
 def choose_epoch(history: list[dict[str, Any]], selection: str, kind: str, acc_tolerance: float = 0.005,
