@@ -446,7 +446,7 @@ def compat_row(name: str, adapter: Path, metrics: dict, train_s: float | None, r
             # what the kept candidate's validation gain over A2 had to exceed (trainer.beats_a2); None
             # where A2 is kept or the record predates the per-row flips
             "val_gain_margin": (NOISE_Z * flip_gain_standard_error(a2_val, chosen)
-                                if chosen is not a2_val and "flipped" in chosen and "flipped" in a2_val else None),
+                                if record.get("kept") != "A2" and "flipped" in chosen and "flipped" in a2_val else None),
             # every interpolated start validated (α → validation metrics); the start is the one chosen
             "starts_val": {str(t["alpha"]): brief(t["val"]) for t in record["epochs"][0].get("starts", [])}}
 
