@@ -863,8 +863,12 @@ def _prediction_metrics(task, old_preds, new_preds) -> dict[str, Any]:
     """The gate's metrics of ``new_preds`` against ``old_preds`` on validation, plus ``n`` and
     ``flipped``: the positions of the rows in the gate's negative-flip quadrant (for generative tasks
     a lower similarity), which the selection's noise test pairs across candidates (:func:`beats_a2`)."""
-    from pytest_modelcompat import discriminative_metrics, generative_metrics
-    from pytest_modelcompat.metrics.flips import discriminative_quadrants, generative_quadrants
+    from pytest_modelcompat import (
+        discriminative_metrics,
+        discriminative_quadrants,
+        generative_metrics,
+        generative_quadrants,
+    )
 
     if task.kind == "generative":
         new_scores = [p.score for p in new_preds]

@@ -29,7 +29,8 @@ top (``session.py``, ``assertions.py``, ``plugin.py``).
   :func:`encode_request` (lm-eval's context/continuation split), :func:`pad_token_id`;
   :func:`launched_processes` (the processes ``accelerate launch`` started, which a
   :class:`Session` spreads its scoring over).
-- Metrics: :func:`discriminative_metrics`, :func:`generative_metrics` (docs/metrics.md),
+- Metrics: :func:`discriminative_metrics`, :func:`generative_metrics` and their per-instance
+  :func:`discriminative_quadrants`, :func:`generative_quadrants` (docs/metrics.md),
   :data:`DEFAULT_NOISE_MARGIN` (docs/margins.md), :func:`validate_gate`, :func:`evaluate_gate`
   → :class:`GateResult`, :func:`similarity` / :func:`register_similarity`.
 - Baseline snapshots (docs/baseline.md): :func:`load_snapshot` → :class:`Snapshot`,
@@ -57,7 +58,12 @@ if TYPE_CHECKING:
     from pytest_modelcompat.assertions import TaskReport
     from pytest_modelcompat.atomic import atomic_directory, atomic_write, check_writable_dir
     from pytest_modelcompat.cache import ResultCache, cache_home, results_dir
-    from pytest_modelcompat.metrics.flips import discriminative_metrics, generative_metrics
+    from pytest_modelcompat.metrics.flips import (
+        discriminative_metrics,
+        discriminative_quadrants,
+        generative_metrics,
+        generative_quadrants,
+    )
     from pytest_modelcompat.metrics.gate import GateResult, evaluate_gate, validate_gate
     from pytest_modelcompat.metrics.margins import DEFAULT_NOISE_MARGIN
     from pytest_modelcompat.metrics.similarity import register_similarity, similarity
@@ -104,7 +110,8 @@ _OWNERS: dict[str, str] = {
     **dict.fromkeys(("atomic_directory", "atomic_write", "check_writable_dir"), "atomic"),
     **dict.fromkeys(("BaselineError", "Snapshot", "load_snapshot", "write_snapshot"), "scoring.baseline"),
     **dict.fromkeys(("ResultCache", "cache_home", "results_dir"), "cache"),
-    **dict.fromkeys(("discriminative_metrics", "generative_metrics"), "metrics.flips"),
+    **dict.fromkeys(("discriminative_metrics", "discriminative_quadrants", "generative_metrics",
+                     "generative_quadrants"), "metrics.flips"),
     **dict.fromkeys(("GateResult", "evaluate_gate", "validate_gate"), "metrics.gate"),
     **dict.fromkeys(("DEFAULT_NOISE_MARGIN",), "metrics.margins"),
     **dict.fromkeys(("register_similarity", "similarity"), "metrics.similarity"),
@@ -136,8 +143,8 @@ __all__ = [
     "Session", "SessionOptions", "Snapshot", "Stack", "StackLoadError", "TaskReport", "TaskResult", "TaskSpec",
     "__version__", "adapter_fingerprint", "atomic_directory", "atomic_write", "attach_adapter", "build_report",
     "cache_home", "check_adapter_files", "check_stack_files", "check_writable_dir", "compare", "convert_gguf",
-    "decision_values", "discriminative_metrics", "encode_request", "evaluate_gate", "evaluate_task", "gemma3_gguf_path", "generate",
-    "generative_metrics", "launched_processes", "linear_module_names", "load_base", "load_instances", "parameter_shapes",
+    "decision_values", "discriminative_metrics", "discriminative_quadrants", "encode_request", "evaluate_gate", "evaluate_task", "gemma3_gguf_path", "generate",
+    "generative_metrics", "generative_quadrants", "launched_processes", "linear_module_names", "load_base", "load_instances", "parameter_shapes",
     "load_snapshot", "load_stack", "load_suite", "load_tokenizer", "loglikelihoods", "make_progress",
     "packed_choice_loglikelihoods", "pad_token_id",
     "predict", "quiet_third_party_output", "read_adapter_config", "register_similarity", "resolve_task",
